@@ -1,0 +1,9 @@
+"""Synthetic BIDS datasets with planted signal, and the bundled demo."""
+
+from bids_affect.datasets.synthetic import (
+    DEFAULT_CLASSES,
+    SyntheticParameters,
+    make_synthetic_dataset,
+)
+
+__all__ = ["DEFAULT_CLASSES", "SyntheticParameters", "make_synthetic_dataset"]

@@ -1,0 +1,459 @@
+"""The derivatives writer: the only module that knows output names.
+
+Every output path of the BIDS-App is built here from entities (see the table
+in DESIGN.md, "Derivatives"), and every file is written atomically: into a
+temporary file in the same folder, then renamed, so a crash or a kill never
+leaves a half-written output under its real name. Each data file gets a JSON
+sidecar with the parameters, the seed, the software versions and ``Sources``.
+
+Examples
+--------
+>>> from pathlib import Path
+>>> output_path(Path("out"), "labels", subject="01", task="movie", run=2).as_posix()
+'out/sub-01/func/sub-01_task-movie_run-2_desc-labels_events.tsv'
+>>> output_path(Path("out"), "occlusion_map", subject="01", task="movie",
+...             space="MNI152NLin2009cAsym", desc="cnnneuro120fp",
+...             contrast="fear").name
+'sub-01_task-movie_space-MNI152NLin2009cAsym_desc-cnnneuro120fp_contrast-fear_stat-occlusion_statmap.nii.gz'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_affect.__about__ import __citation__, __code_url__, __version__
+from bids_affect.exceptions import OutputError, UsageError
+
+BIDS_VERSION = "1.10.0"
+
+#: Order of entities in file names (BIDS order, then the statistics entities).
+ENTITY_ORDER = ("subject", "session", "task", "acquisition", "run", "space", "desc",
+                "contrast", "stat")
+ENTITY_KEYS = {"subject": "sub", "session": "ses", "task": "task", "acquisition": "acq",
+               "run": "run", "space": "space", "desc": "desc", "contrast": "contrast",
+               "stat": "stat"}
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """How one kind of output is named.
+
+    Parameters
+    ----------
+    suffix : str
+        BIDS suffix (``events``, ``decoding``, ``statmap``...).
+    extension : str
+        File extension with its dot; ``None`` when the caller chooses (models).
+    folder : str
+        ``func``, ``models``, ``figures`` (under ``sub-X/``) or ``group``.
+    required : tuple of str
+        Entities the caller must give.
+    fixed : dict
+        Entities this kind always has (``desc-labels``, ``stat-occlusion``).
+    """
+
+    suffix: str
+    extension: str | None
+    folder: str
+    required: tuple[str, ...]
+    fixed: Mapping[str, str] = field(default_factory=dict)
+
+
+_SUBJECT_TASK = ("subject", "task")
+_MODEL = ("subject", "task", "desc")
+
+#: Every output of the BIDS-App, by kind.
+OUTPUTS: dict[str, OutputKind] = {
+    "labels": OutputKind("events", ".tsv", "func", (*_SUBJECT_TASK, "run"),
+                         {"desc": "labels"}),
+    "label_counts": OutputKind("counts", ".tsv", "func", _SUBJECT_TASK, {"desc": "labels"}),
+    "decoding": OutputKind("decoding", ".json", "func", _MODEL),
+    "predictions": OutputKind("predictions", ".tsv", "func", (*_MODEL, "run")),
+    "confusion": OutputKind("confusion", ".tsv", "func", _MODEL),
+    "null_distribution": OutputKind("null", ".tsv", "func", _MODEL),
+    "model": OutputKind("model", None, "models", _MODEL),
+    "occlusion_map": OutputKind("statmap", ".nii.gz", "func", (*_MODEL, "space", "contrast"),
+                                {"stat": "occlusion"}),
+    "occlusion_topk": OutputKind("topk", ".tsv", "func", (*_MODEL, "contrast"),
+                                 {"stat": "occlusion"}),
+    "occlusion_samples": OutputKind("samples", ".tsv", "func", _MODEL, {"stat": "occlusion"}),
+    "occlusion_umap": OutputKind("umap", ".tsv", "func", _MODEL, {"stat": "occlusion"}),
+    "rdm": OutputKind("rdm", ".tsv", "func", _MODEL),
+    "rsa_statistics": OutputKind("statistics", ".tsv", "func", _SUBJECT_TASK, {"desc": "rsa"}),
+    "figure": OutputKind("figure", None, "figures", ("subject",)),
+    "group_withinsubject": OutputKind("withinsubject", ".tsv", "group", ("task", "desc")),
+    "group_decoding": OutputKind("decoding", ".tsv", "group", ("task", "desc")),
+}
+
+#: Non-standard outputs that the bids-validator must skip (``.bidsignore``).
+BIDSIGNORE = (
+    "*_desc-labels_events.tsv",
+    "*_counts.tsv",
+    "*_decoding.json",
+    "*_predictions.tsv",
+    "*_confusion.tsv",
+    "*_null.tsv",
+    "*_statmap.nii.gz",
+    "*_statmap.json",
+    "*_topk.tsv",
+    "*_samples.tsv",
+    "*_umap.tsv",
+    "*_rdm.tsv",
+    "*_statistics.tsv",
+    "*.html",
+    "*/models/",
+    "*/figures/",
+    "*/log/",
+    "logs/",
+    "group/",
+)
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def desc_label(name: str) -> str:
+    """BIDS label of a free-form name: its alphanumeric characters only.
+
+    Examples
+    --------
+    >>> desc_label("cnn-neuro120fp")
+    'cnnneuro120fp'
+    """
+    label = re.sub(r"[^A-Za-z0-9]", "", str(name))
+    if not label:
+        raise UsageError(f"name {name!r} has no alphanumeric character to label outputs with",
+                         fix="choose a name with letters or digits")
+    return label
+
+
+def output_path(output_dir: Path, kind: str, *, extension: str | None = None,
+                suffix: str | None = None, **entities: Any) -> Path:
+    """Path of one output of ``kind`` (a key of :data:`OUTPUTS`) from its entities.
+
+    Parameters
+    ----------
+    output_dir : Path
+        Root of the derivatives dataset.
+    kind : str
+        Output kind, e.g. ``"labels"``, ``"decoding"``, ``"occlusion_map"``.
+    extension : str, optional
+        Overrides the kind's extension (required for ``model`` and ``figure``).
+    suffix : str, optional
+        Overrides the kind's suffix (figures name their content with it).
+    **entities
+        ``subject``, ``session``, ``task``, ``run``, ``space``, ``desc``, ``contrast``;
+        ``None`` values are left out. Labels must be alphanumeric.
+    """
+    try:
+        spec = OUTPUTS[kind]
+    except KeyError:
+        raise UsageError(f"output kind {kind!r} is unknown",
+                         fix=f"use one of {', '.join(OUTPUTS)}") from None
+    values = {key: value for key, value in entities.items() if value is not None}
+    unknown = set(values) - set(ENTITY_ORDER)
+    if unknown:
+        raise UsageError(f"entities {sorted(unknown)} are not output entities",
+                         fix=f"use {', '.join(ENTITY_ORDER)}")
+    missing = [name for name in spec.required if name not in values]
+    if missing:
+        raise UsageError(f"output {kind!r} needs the entities {missing}")
+    values.update(spec.fixed)
+    parts = []
+    for name in ENTITY_ORDER:
+        if name not in values:
+            continue
+        label = str(values[name])
+        if not _LABEL_RE.match(label):
+            raise UsageError(f"entity {name}={label!r} is not alphanumeric",
+                             fix="use desc_label() to derive labels from names")
+        parts.append(f"{ENTITY_KEYS[name]}-{label}")
+    ext = extension if extension is not None else spec.extension
+    if ext is None:
+        raise UsageError(f"output {kind!r} needs an explicit extension")
+    filename = "_".join([*parts, suffix or spec.suffix]) + ext
+    if spec.folder == "group":
+        return Path(output_dir) / "group" / filename
+    return Path(output_dir) / f"sub-{values['subject']}" / spec.folder / filename
+
+
+def sidecar_path(path: Path) -> Path:
+    """The JSON sidecar of a data file (same name, ``.json`` extension)."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".tsv", ".pt", ".joblib", ".nii", ".npy", ".svg", ".png"):
+        if name.endswith(ext):
+            return Path(path).with_name(name[: -len(ext)] + ".json")
+    raise UsageError(f"no sidecar naming rule for {name}")
+
+
+def log_dir(output_dir: Path, subject: str | None, run_id: str) -> Path:
+    """Folder of one run's logs and configuration (``sub-X/log/<run-id>/``)."""
+    base = Path(output_dir) / (f"sub-{subject}" if subject else "group")
+    return base / "log" / run_id
+
+
+# --------------------------------------------------------------------------- atomic I/O
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    The temporary name keeps the extension (nibabel chooses compression by it)
+    and carries the process id, so :func:`remove_stale_temporaries` can tell
+    leftovers of killed processes from files being written right now.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_path(folder / "a.txt") as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> (folder / "a.txt").read_text()
+    'done'
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create folder ({err.strerror})", path=path.parent,
+                          fix="check the permissions and free space of the output "
+                              "directory") from err
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"cannot write file ({err.strerror})", path=path,
+                          fix="check the permissions and free space of the output "
+                              "directory") from err
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files that processes no longer running left under ``folder``."""
+    removed = []
+    for tmp in Path(folder).rglob(".tmp-*"):
+        match = re.match(r"\.tmp-(\d+)-", tmp.name)
+        if match and not _pid_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy scalars and arrays, paths and tuples for ``json.dumps``."""
+    if isinstance(value, Mapping):
+        return {str(key): to_jsonable(val) for key, val in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_jsonable(val) for val in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, content: Mapping[str, Any]) -> Path:
+    """Write ``content`` as indented JSON, atomically."""
+    text = json.dumps(to_jsonable(content), indent=2) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_tsv(path: Path, table: pd.DataFrame) -> Path:
+    """Write a table as BIDS TSV (``n/a`` for missing values), atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", lineterminator="\n")
+    return Path(path)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_nifti(path: Path, image) -> Path:
+    """Save a nibabel image atomically (gzip header without a time stamp)."""
+    with atomic_path(path) as tmp:
+        image.to_filename(tmp)
+    return Path(path)
+
+
+def copy_file(source: Path, path: Path) -> Path:
+    """Copy a finished file (e.g. from the work directory) into place atomically."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+#: Packages whose versions go into every sidecar.
+PROVENANCE_PACKAGES = ("numpy", "scipy", "scikit-learn", "nilearn", "nibabel", "pybids",
+                       "nipype", "torch", "pandas")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of bids_affect and the libraries that shape its results."""
+    versions = {"bids_affect": __version__}
+    for package in PROVENANCE_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def container_info() -> dict[str, str] | None:
+    """``{"Type": ..., "Tag": ...}`` when running inside a container, else None."""
+    kind = os.environ.get("BIDS_AFFECT_CONTAINER")
+    if not kind:
+        if os.environ.get("APPTAINER_NAME") or os.environ.get("SINGULARITY_NAME"):
+            kind = "singularity"
+        elif Path("/.dockerenv").exists():
+            kind = "docker"
+    if not kind:
+        return None
+    tag = os.environ.get("BIDS_AFFECT_CONTAINER_TAG", f"bidsaffect/bids_affect:{__version__}")
+    return {"Type": kind, "Tag": tag}
+
+
+@dataclass
+class SourceResolver:
+    """Turns input paths into BIDS URIs (``bids:raw:sub-01/...``) for ``Sources``."""
+
+    links: dict[str, Path] = field(default_factory=dict)
+
+    def uri(self, path: Path | str) -> str:
+        path = Path(path).absolute()
+        for name, root in self.links.items():
+            with contextlib.suppress(ValueError):
+                return f"bids:{name}:{path.relative_to(Path(root).absolute()).as_posix()}"
+        return path.as_posix()
+
+
+def sidecar(*, parameters: Mapping[str, Any] | None = None, seed: int | None = None,
+            sources: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """Standard sidecar content: extra fields, parameters, seed, versions, sources."""
+    content: dict[str, Any] = dict(extra)
+    if parameters is not None:
+        content["Parameters"] = dict(parameters)
+    if seed is not None:
+        content["RandomSeed"] = int(seed)
+    content["SoftwareVersions"] = software_versions()
+    content["Sources"] = list(sources or [])
+    return content
+
+
+def write_with_sidecar(path: Path, data: Any, metadata_: Mapping[str, Any]) -> Path:
+    """Write a data file and its JSON sidecar (sidecar first, data last).
+
+    ``data`` is a DataFrame (TSV), a nibabel image (NIfTI), or a path to a
+    finished file to copy. The data file is written last, so its presence
+    means the pair is complete.
+    """
+    path = Path(path)
+    write_json(sidecar_path(path), metadata_)
+    if isinstance(data, pd.DataFrame):
+        return write_tsv(path, data)
+    if hasattr(data, "to_filename"):
+        return write_nifti(path, data)
+    if isinstance(data, (str, os.PathLike)):
+        return copy_file(Path(data), path)
+    raise TypeError(f"cannot write {type(data).__name__} to {path}")
+
+
+# --------------------------------------------------------------------------- dataset level
+
+
+def dataset_description(source_dir: Path | None = None,
+                        links: Mapping[str, Path] | None = None) -> dict[str, Any]:
+    """Content of ``dataset_description.json`` for the derivatives dataset."""
+    generated_by: dict[str, Any] = {"Name": "bids_affect", "Version": __version__,
+                                    "CodeURL": __code_url__}
+    container = container_info()
+    if container:
+        generated_by["Container"] = container
+    description: dict[str, Any] = {
+        "Name": "bids_affect: emotion decoding and encoding derivatives",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "HowToAcknowledge": "Please cite bids_affect; see logs/CITATION.md.",
+    }
+    if source_dir is not None:
+        source: dict[str, Any] = {"URL": Path(source_dir).absolute().as_uri()}
+        with contextlib.suppress(OSError, ValueError):
+            original = json.loads((Path(source_dir) / "dataset_description.json").read_text())
+            if original.get("DatasetDOI"):
+                source["DOI"] = original["DatasetDOI"]
+        description["SourceDatasets"] = [source]
+    if links:
+        description["DatasetLinks"] = {name: Path(p).absolute().as_uri()
+                                       for name, p in links.items()}
+    return description
+
+
+def citation_text(methods: str = "") -> str:
+    """Text of ``logs/CITATION.md``."""
+    text = "# How to cite\n\n" + __citation__.format(version=__version__,
+                                                    code_url=__code_url__) + "\n"
+    if methods:
+        text += "\n## Methods\n\n" + methods.strip() + "\n"
+    return text
+
+
+def init_derivatives(output_dir: Path, source_dir: Path | None = None,
+                     links: Mapping[str, Path] | None = None, methods: str = "") -> None:
+    """Create the derivatives dataset's top-level files (safe for concurrent jobs).
+
+    Every job writes the same content with atomic renames, so participant jobs
+    started at once on one ``output_dir`` leave a consistent dataset.
+    """
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create output directory ({err.strerror})", path=output_dir,
+                          fix="choose a writable location or fix its permissions") from err
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise OutputError("output directory is not writable", path=output_dir,
+                          fix="choose a writable location or fix its permissions")
+    remove_stale_temporaries(output_dir)
+    write_json(output_dir / "dataset_description.json", dataset_description(source_dir, links))
+    write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
+    write_text(output_dir / "logs" / "CITATION.md", citation_text(methods))

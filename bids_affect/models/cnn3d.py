@@ -1,0 +1,222 @@
+"""3D CNN architectures for whole-brain emotion decoding, and their registry.
+
+Every architecture is a :class:`VolumeClassifier`: a ``trunk`` of local
+spatial layers (convolutions, batch norms, activations, poolings) followed by a
+``head`` that turns the last feature map into class logits. Keeping the two
+apart lets occlusion recompute only the part of the trunk a window changes
+(:mod:`bids_affect.occlusion`) and lets RSA read the head's penultimate
+features (:meth:`VolumeClassifier.embed`).
+
+Registering one's own architecture::
+
+    from bids_affect.models.cnn3d import register_architecture, VolumeClassifier
+
+    @register_architecture("tiny", description="one conv layer, for tests")
+    def tiny(n_classes, input_shape):
+        trunk = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU())
+        return VolumeClassifier(trunk, GlobalPoolHead(4, n_classes))
+
+after which ``--models cnn-tiny`` (in a plug-in module imported before the run)
+and ``create_architecture("tiny", ...)`` use it.
+
+Examples
+--------
+>>> model = create_architecture("neuro120fp", n_classes=5, input_shape=(24, 24, 16))
+>>> sum(p.numel() for p in model.parameters())
+424549
+>>> import torch
+>>> model.eval()(torch.zeros(2, 1, 24, 24, 16)).shape
+torch.Size([2, 5])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bids_affect.exceptions import UsageError
+
+ArchitectureFactory = Callable[[int, tuple[int, int, int]], "VolumeClassifier"]
+
+
+@dataclass(frozen=True)
+class ArchitectureEntry:
+    """A registered architecture: its factory and a one-line description."""
+
+    name: str
+    factory: ArchitectureFactory
+    description: str
+
+
+_REGISTRY: dict[str, ArchitectureEntry] = {}
+
+
+def register_architecture(name: str, *, description: str = ""):
+    """Decorator registering ``factory(n_classes, input_shape) -> VolumeClassifier``.
+
+    A duplicate name is an error: remove the old entry first
+    (:func:`unregister_architecture`) to replace it.
+    """
+    if not name.isidentifier() and not name.replace("-", "_").isidentifier():
+        raise ValueError(f"architecture name {name!r} must be a simple identifier")
+
+    def decorator(factory: ArchitectureFactory) -> ArchitectureFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"architecture {name!r} is already registered")
+        _REGISTRY[name] = ArchitectureEntry(name, factory, description)
+        return factory
+
+    return decorator
+
+
+def unregister_architecture(name: str) -> None:
+    """Remove a registered architecture (for plug-ins and tests)."""
+    _REGISTRY.pop(name, None)
+
+
+def list_architectures() -> dict[str, str]:
+    """Registered architecture names and their descriptions."""
+    return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
+
+
+def create_architecture(name: str, n_classes: int,
+                        input_shape: Sequence[int]) -> VolumeClassifier:
+    """A fresh, randomly initialised network of architecture ``name``.
+
+    Raises :class:`UsageError` (exit 64) listing the known names when ``name``
+    is unknown.
+    """
+    try:
+        entry = _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"CNN architecture {name!r} is unknown",
+                         fix=f"use one of {', '.join(sorted(_REGISTRY))}") from None
+    if n_classes < 2:
+        raise UsageError(f"a classifier needs at least 2 classes, got {n_classes}")
+    shape = tuple(int(n) for n in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"input_shape must be 3 positive sizes, got {input_shape}")
+    return entry.factory(int(n_classes), shape)
+
+
+class GlobalPoolHead(nn.Module):
+    """Global average pooling, dropout and a linear layer to the classes."""
+
+    def __init__(self, in_channels: int, n_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_channels, n_classes)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features, shape ``(N, in_channels)``."""
+        return self.pool(features).flatten(1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.embed(features)))
+
+
+class FlattenHead(nn.Module):
+    """Flatten, a hidden fully connected layer with ReLU, dropout and the output layer."""
+
+    def __init__(self, in_features: int, hidden: int, n_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, n_classes)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Hidden-layer activations, shape ``(N, hidden)``."""
+        return self.relu(self.fc1(features.flatten(1)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.embed(features)))
+
+
+class InvertedResidual3d(nn.Module):
+    """Depthwise-separable block: 1x1x1 expand, 3x3x3 depthwise, 1x1x1 project.
+
+    Each convolution has no bias and is followed by batch norm; ReLU6 follows
+    the first two. The residual connection is used only when the block keeps
+    the shape (stride 1, same channels), as in MobileNetV2.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2,
+                 expansion: int = 2):
+        super().__init__()
+        hidden = in_channels * expansion
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.layers = nn.Sequential(
+            nn.Conv3d(in_channels, hidden, 1, bias=False),
+            nn.BatchNorm3d(hidden),
+            nn.ReLU6(inplace=False),
+            nn.Conv3d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm3d(hidden),
+            nn.ReLU6(inplace=False),
+            nn.Conv3d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm3d(out_channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(x)
+        return out + x if self.use_residual else out
+
+
+class VolumeClassifier(nn.Module):
+    """A 3D CNN: ``head(trunk(x))`` on volumes shaped ``(N, 1, X, Y, Z)``."""
+
+    def __init__(self, trunk: nn.Sequential, head: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (the representation RSA compares with the brain)."""
+        return self.head.embed(self.trunk(x))
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm3d(out_channels), nn.ReLU()]
+
+
+@register_architecture("neuro120fp", description=(
+    "seed 003: conv 32 then 4 depthwise-separable blocks 64/128/256/256 (stride 2, "
+    "expansion 2, ReLU6, batch norm), global average pooling, dropout .3, linear"))
+def neuro120fp(n_classes: int, input_shape: tuple[int, int, int]) -> VolumeClassifier:
+    """Seed 003's network: 424,549 parameters for 5 classes, any input size."""
+    trunk = nn.Sequential(
+        nn.Conv3d(1, 32, 3, padding=1, bias=False),
+        nn.BatchNorm3d(32),
+        nn.ReLU6(inplace=False),
+        InvertedResidual3d(32, 64),
+        InvertedResidual3d(64, 128),
+        InvertedResidual3d(128, 256),
+        InvertedResidual3d(256, 256),
+    )
+    return VolumeClassifier(trunk, GlobalPoolHead(256, n_classes, dropout=0.3))
+
+
+@register_architecture("deepemotion", description=(
+    "seeds 001/004: 3 conv layers 16/32/64 with batch norm and ReLU, 2 max-pools, "
+    "FC 128, output"))
+def deepemotion(n_classes: int, input_shape: tuple[int, int, int]) -> VolumeClassifier:
+    """Seeds 001/004's network; the FC layer's size follows the input shape."""
+    trunk = nn.Sequential(
+        *_conv_bn_relu(1, 16), nn.MaxPool3d(2),
+        *_conv_bn_relu(16, 32), nn.MaxPool3d(2),
+        *_conv_bn_relu(32, 64),
+    )
+    pooled = [(size // 2) // 2 for size in input_shape]
+    if min(pooled) < 1:
+        raise UsageError(f"deepemotion needs inputs of at least 4 voxels per axis, "
+                         f"got {input_shape}")
+    in_features = 64 * pooled[0] * pooled[1] * pooled[2]
+    return VolumeClassifier(trunk, FlattenHead(in_features, 128, n_classes, dropout=0.3))
