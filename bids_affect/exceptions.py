@@ -17,6 +17,7 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 
 #: Exit codes of the BIDS-App (DESIGN.md, "Command line").
 EXIT_SUCCESS = 0
@@ -116,3 +117,23 @@ ERRORS_BY_NAME = {
     for cls in (BidsAffectError, BIDSValidationFailed, UnknownAnalysisLevel, NoDataSelected,
                 UsageError, InputDataError, InputMissingError, OutputError)
 }
+
+
+_TRACEBACK_ERROR = re.compile(r"bids_affect\.exceptions\.(\w+): (.+)")
+
+
+def error_from_traceback(text: str) -> BidsAffectError | None:
+    """Rebuild the last bids_affect error named in a traceback's text, if any.
+
+    Workflow steps run in worker processes and nipype keeps only their
+    tracebacks; this recovers the error (and so its exit code) from them.
+
+    Examples
+    --------
+    >>> error_from_traceback("...\nbids_affect.exceptions.UsageError: bad flag").exit_code
+    64
+    """
+    matches = [m for m in _TRACEBACK_ERROR.finditer(text) if m.group(1) in ERRORS_BY_NAME]
+    if not matches:
+        return None
+    return ERRORS_BY_NAME[matches[-1].group(1)](matches[-1].group(2).strip())

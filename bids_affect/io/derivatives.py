@@ -77,15 +77,14 @@ _MODEL = ("subject", "task", "desc")
 
 #: Every output of the BIDS-App, by kind.
 OUTPUTS: dict[str, OutputKind] = {
-    "labels": OutputKind("events", ".tsv", "func", (*_SUBJECT_TASK, "run"),
-                         {"desc": "labels"}),
+    "labels": OutputKind("events", ".tsv", "func", _SUBJECT_TASK, {"desc": "labels"}),
     "label_counts": OutputKind("counts", ".tsv", "func", _SUBJECT_TASK, {"desc": "labels"}),
     "decoding": OutputKind("decoding", ".json", "func", _MODEL),
-    "predictions": OutputKind("predictions", ".tsv", "func", (*_MODEL, "run")),
+    "predictions": OutputKind("predictions", ".tsv", "func", _MODEL),
     "confusion": OutputKind("confusion", ".tsv", "func", _MODEL),
     "null_distribution": OutputKind("null", ".tsv", "func", _MODEL),
     "model": OutputKind("model", None, "models", _MODEL),
-    "occlusion_map": OutputKind("statmap", ".nii.gz", "func", (*_MODEL, "space", "contrast"),
+    "occlusion_map": OutputKind("statmap", ".nii.gz", "func", (*_MODEL, "contrast"),
                                 {"stat": "occlusion"}),
     "occlusion_topk": OutputKind("topk", ".tsv", "func", (*_MODEL, "contrast"),
                                  {"stat": "occlusion"}),
@@ -187,6 +186,45 @@ def output_path(output_dir: Path, kind: str, *, extension: str | None = None,
     if spec.folder == "group":
         return Path(output_dir) / "group" / filename
     return Path(output_dir) / f"sub-{values['subject']}" / spec.folder / filename
+
+
+@dataclass(frozen=True)
+class FoundOutput:
+    """An existing output file and the entities of its name."""
+
+    path: Path
+    entities: dict[str, str]
+
+
+_KEY_TO_ENTITY = {key: name for name, key in ENTITY_KEYS.items()}
+
+
+def parse_entities(filename: str) -> dict[str, str]:
+    """Entities of an output file name (inverse of :func:`output_path`).
+
+    Examples
+    --------
+    >>> parse_entities("sub-01_task-movie_desc-ridge_decoding.json")
+    {'subject': '01', 'task': 'movie', 'desc': 'ridge'}
+    """
+    entities = {}
+    for part in Path(filename).name.split("_")[:-1]:
+        key, _, value = part.partition("-")
+        if key in _KEY_TO_ENTITY and value:
+            entities[_KEY_TO_ENTITY[key]] = value
+    return entities
+
+
+def find_outputs(output_dir: Path, kind: str) -> list[FoundOutput]:
+    """Existing outputs of ``kind`` under ``output_dir``, sorted by path."""
+    spec = OUTPUTS[kind]
+    folder = "group" if spec.folder == "group" else f"sub-*/{spec.folder}"
+    found = []
+    for path in sorted(Path(output_dir).glob(f"{folder}/*_{spec.suffix}{spec.extension}")):
+        entities = parse_entities(path.name)
+        if all(entities.get(key) == value for key, value in spec.fixed.items()):
+            found.append(FoundOutput(path, entities))
+    return found
 
 
 def sidecar_path(path: Path) -> Path:
@@ -359,6 +397,7 @@ class SourceResolver:
     links: dict[str, Path] = field(default_factory=dict)
 
     def uri(self, path: Path | str) -> str:
+        """``bids:NAME:relative/path`` (``bids::...`` for the name ``""``), else the path."""
         path = Path(path).absolute()
         for name, root in self.links.items():
             with contextlib.suppress(ValueError):

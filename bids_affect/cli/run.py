@@ -1,0 +1,102 @@
+"""Entry point of the BIDS-App: ``bids_affect bids_dir output_dir participant|group``.
+
+:func:`main` is the only place that turns errors into exit codes. Without
+``--debug`` a failure prints one line (the file, the problem, the fix); with
+``--debug`` the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import traceback
+import warnings
+
+from bids_affect.exceptions import (
+    EXIT_FAILURE,
+    EXIT_SUCCESS,
+    BidsAffectError,
+)
+
+LOGGER = logging.getLogger("bids_affect")
+
+
+def _setup_logging(verbose: int, debug: bool) -> None:
+    if debug or verbose >= 2:
+        level = logging.DEBUG
+    else:
+        level = logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s",
+                                           datefmt="%y%m%d-%H:%M:%S"))
+    root = logging.getLogger("bids_affect")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # Library chatter (nilearn, pybids, sklearn warnings) goes to the log, not stderr lines.
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers[:] = [handler] if debug else [logging.NullHandler()]
+    warnings_logger.propagate = False
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    nipype_level = "DEBUG" if debug else "INFO" if verbose >= 2 else "CRITICAL"
+    nipype_config.update_config({"logging": {"workflow_level": nipype_level,
+                                             "interface_level": nipype_level,
+                                             "utils_level": nipype_level}})
+    nipype_logging.update_logging(nipype_config)
+
+
+def _error_line(err: BaseException) -> str:
+    return f"bids_affect: error: {' '.join(str(err).split())}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the BIDS-App; return its exit code (the console script exits with it)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        from bids_affect.cli.parser import parse_args
+
+        config = parse_args(argv)
+    except BidsAffectError as err:
+        if debug:
+            traceback.print_exc()
+        print(_error_line(err), file=sys.stderr)
+        return err.exit_code
+    except SystemExit as exit_:  # --help, --version
+        return int(exit_.code or 0)
+
+    _setup_logging(config.execution.verbose, config.execution.debug)
+    if config.nipype.omp_nthreads:
+        os.environ["OMP_NUM_THREADS"] = str(config.nipype.omp_nthreads)
+    try:
+        from bids_affect.workflows.base import run_bids_app
+
+        run_bids_app(config)
+    except BidsAffectError as err:
+        if config.execution.debug:
+            traceback.print_exc()
+        print(_error_line(err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("bids_affect: interrupted; rerun the same command to resume from the work "
+              "directory", file=sys.stderr)
+        return 130
+    except Exception as err:  # the last resort maps to exit 1
+        if config.execution.debug:
+            traceback.print_exc()
+        print(f"bids_affect: error: unexpected failure ({type(err).__name__}: "
+              f"{' '.join(str(err).split())[:300]}); fix: rerun with --debug for the traceback "
+              "and report it", file=sys.stderr)
+        return EXIT_FAILURE
+    if config.execution.clean_workdir:
+        shutil.rmtree(config.execution.work_dir, ignore_errors=True)
+    return EXIT_SUCCESS
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        sys.exit(main())

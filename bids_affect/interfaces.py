@@ -1,0 +1,64 @@
+"""The nipype interface that runs one step of the BIDS-App inside a node.
+
+Every node of the participant and group workflows is a :class:`RunStep`: it
+calls one function of :mod:`bids_affect.steps` (by name) with JSON-ready
+keyword arguments and the folders of upstream steps, writing into the node's
+own folder in the work directory. nipype hashes the arguments and the input
+files, so a rerun reuses every step that finished and resumes the others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+
+class _RunStepInputSpec(BaseInterfaceInputSpec):
+    step = traits.Str(mandatory=True, desc="name of a function in bids_affect.steps.STEPS")
+    kwargs = traits.Dict(mandatory=True, desc="JSON-ready keyword arguments of the step")
+    in_files = InputMultiObject(File(exists=True),
+                                desc="input files whose change must invalidate the cache")
+    labels_dir = Directory(exists=True, desc="output folder of the labels step")
+    samples_dir = Directory(exists=True, desc="output folder of the samples step")
+    decoding_dirs = InputMultiObject(Directory(exists=True),
+                                     desc="output folders of decoding steps")
+
+
+class _RunStepOutputSpec(TraitedSpec):
+    out_dir = Directory(exists=True, desc="folder holding the step's results")
+
+
+class RunStep(SimpleInterface):
+    """Run ``bids_affect.steps.STEPS[step](out_dir, **kwargs, **upstream folders)``."""
+
+    input_spec = _RunStepInputSpec
+    output_spec = _RunStepOutputSpec
+    # Steps resume from what they left in their folder (CNN checkpoints); nipype must
+    # not empty the folder of an unfinished node before rerunning it.
+    can_resume = True
+
+    def _run_interface(self, runtime):
+        from bids_affect.steps import STEPS
+
+        out_dir = Path(runtime.cwd) / "result"
+        out_dir.mkdir(exist_ok=True)
+        kwargs = dict(self.inputs.kwargs)
+        for name in ("labels_dir", "samples_dir"):
+            value = getattr(self.inputs, name)
+            if isdefined(value):
+                kwargs[name] = Path(value)
+        if isdefined(self.inputs.decoding_dirs):
+            kwargs["decoding_dirs"] = [Path(p) for p in self.inputs.decoding_dirs]
+        STEPS[self.inputs.step](out_dir, **kwargs)
+        self._results["out_dir"] = str(out_dir)
+        return runtime

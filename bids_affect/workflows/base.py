@@ -1,0 +1,236 @@
+"""Top level of the BIDS-App: checks, dataset index, workflows, provenance.
+
+:func:`run_bids_app` is called by the command line with a checked
+:class:`~bids_affect.config.Config`. It is the only place below ``cli/`` that
+reads the configuration; it passes explicit settings to the workflow factories.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nipype.pipeline import engine as pe
+
+from bids_affect.__about__ import __version__
+from bids_affect.config import Config, derive_seed
+from bids_affect.exceptions import (
+    BidsAffectError,
+    InputMissingError,
+    OutputError,
+    error_from_traceback,
+)
+from bids_affect.io import derivatives
+from bids_affect.io.layout import RunRecord
+
+LOGGER = logging.getLogger("bids_affect.workflow")
+
+
+def workflow_name() -> str:
+    """Name of the top workflow (and its work folder); a new minor version starts afresh."""
+    major, minor = __version__.split(".")[:2]
+    return f"bids_affect_{major}_{minor}_wf"
+
+
+def check_writable(path: Path, what: str) -> Path:
+    """Create ``path`` if needed; raise :class:`OutputError` (73) when it is not writable."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the {what} ({err.strerror})", path=path,
+                          fix=f"choose a writable {what} or fix its permissions") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"the {what} is not writable", path=path,
+                          fix=f"choose a writable {what} or fix its permissions")
+    return path
+
+
+def plan_participants(runs: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
+    """Runs to analyse per (subject, task), leaving out runs without events.
+
+    A run without an events file is skipped with a warning when other runs of
+    the same subject and task remain; when none has events, the subject cannot
+    be labelled and :class:`InputMissingError` (66) is raised.
+    """
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        groups[(run.subject, run.task)].append(run)
+    plans = {}
+    for (subject, task), members in sorted(groups.items()):
+        with_events = [run for run in members if run.events is not None]
+        if not with_events:
+            raise InputMissingError(
+                f"no run of sub-{subject} task-{task} has an events.tsv",
+                path=members[0].raw_bold.parent,
+                fix="add the runs' _events.tsv files (emotion annotations), or deselect the "
+                    "task with --task-id")
+        for run in members:
+            if run.events is None:
+                LOGGER.warning("%s has no events.tsv; this run is skipped.", run.raw_bold)
+        plans[(subject, task)] = with_events
+    return plans
+
+
+def methods_boilerplate(config: Config) -> str:
+    """A short methods paragraph describing this run's settings."""
+    an, lab, cl = config.analysis, config.labels, config.cleaning
+    high_pass = f"{cl.high_pass:.5f} Hz" if cl.high_pass else "no"
+    return (
+        f"Analyses were performed with bids_affect {__version__}. Each volume was labelled "
+        f"with the emotion annotation active at its acquisition time minus a haemodynamic lag "
+        f"(label spec '{lab.labels}'); unlabelled or tied volumes were excluded. BOLD runs were "
+        f"masked, linearly detrended={cl.detrend}, high-pass filtered ({high_pass}), cleaned "
+        f"of confounds ('{cl.confounds}') and z-scored per run with nilearn. Decoders "
+        f"({', '.join(an.models)}) were evaluated with {an.cv} cross-validation "
+        f"(leave-one-run-out when several runs exist); significance was assessed with "
+        f"{an.n_permutations} permutations that circularly shift each run's label sequence, "
+        f"the chance level being the mean of that null distribution.")
+
+
+def _provenance(config: Config, links: dict[str, Path]) -> dict[str, Any]:
+    return {"links": {name: str(path) for name, path in links.items()},
+            "master_seed": int(config.seeds.master), "run_id": config.execution.run_id,
+            "config": config.to_dict()}
+
+
+def run_bids_app(config: Config) -> None:
+    """Run the levels asked for in ``config`` (already checked by the parser)."""
+    from bids_affect.io.layout import check_bids_dir, find_fmriprep_derivatives
+
+    ex = config.execution
+    bids_dir = check_bids_dir(ex.bids_dir)
+    check_writable(ex.output_dir, "output directory")
+    check_writable(ex.work_dir, "work directory")
+    found = find_fmriprep_derivatives(bids_dir, exclude=[ex.output_dir])
+    derivative_dirs = {**found, **ex.derivatives}
+    links = {"raw": bids_dir, **derivative_dirs}
+    derivatives.init_derivatives(ex.output_dir, bids_dir, links,
+                                 methods=methods_boilerplate(config))
+    if ex.boilerplate_only:
+        LOGGER.info("Methods boilerplate written to %s", ex.output_dir / "logs" / "CITATION.md")
+        return
+    if "participant" in ex.analysis_level:
+        run_participant_level(config, derivative_dirs, links)
+    if "group" in ex.analysis_level:
+        wf = init_group_wf_from_config(config, links)
+        run_workflow(wf, config)
+    print(f"bids_affect: outputs in {ex.output_dir}")
+
+
+def run_participant_level(config: Config, derivative_dirs: dict[str, Path],
+                          links: dict[str, Path]) -> None:
+    """Index, select, validate, then build and run the participant workflow."""
+    from bids_affect.io.annotations import load_label_spec
+    from bids_affect.io.layout import collect_runs, load_layout, select_subjects
+    from bids_affect.io.validation import check_dataset
+
+    ex = config.execution
+    layout = load_layout(ex.bids_dir, derivative_dirs, ex.bids_database_dir)
+    subjects = select_subjects(layout, ex.participant_label)
+    runs = collect_runs(layout, subjects, ex.session_label, ex.task_id, ex.bids_filters,
+                        ex.space)
+    if not ex.skip_bids_validation:
+        check_dataset(ex.bids_dir, subjects, ex.work_dir)
+    plans = plan_participants(runs)
+    spec = load_label_spec(config.labels.labels, hrf_lag=config.labels.hrf_lag,
+                           min_volumes=config.labels.min_volumes)
+    for subject in sorted({subject for subject, _ in plans}):
+        log = derivatives.log_dir(ex.output_dir, subject, ex.run_id)
+        derivatives.write_text(log / "bids_affect.toml", config.to_toml())
+    wf = init_bids_affect_wf(config, plans, spec.to_dict(), links)
+    run_workflow(wf, config)
+
+
+def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRecord]],
+                        label_spec: dict[str, Any], links: dict[str, Path]) -> pe.Workflow:
+    """The participant-level workflow: one sub-workflow per subject and task."""
+    from bids_affect.workflows.participant import init_participant_wf
+
+    an, master = config.analysis, int(config.seeds.master)
+    wf = pe.Workflow(name=workflow_name(), base_dir=str(config.execution.work_dir))
+    decoding = {"cv": an.cv, "n_splits": an.cv_folds, "gap": an.cv_gap,
+                "n_permutations": an.n_permutations, "n_permutations_cnn": an.n_permutations_cnn,
+                "epochs": an.epochs, "batch_size": an.batch_size, "device": an.device,
+                "num_threads": config.nipype.omp_nthreads}
+    occlusion = {"window": an.occlusion_window, "stride": an.occlusion_stride,
+                 "threshold": an.occlusion_threshold, "n_per_class": an.occlusion_samples,
+                 "precision": an.occlusion_precision, "top_k": an.top_k,
+                 "space": config.execution.space, "device": an.device}
+    rsa = {"distance": an.rdm_distance, "methods": list(an.rsa_methods),
+           "n_permutations": an.rsa_permutations,
+           "references": {name: str(path) for name, path in an.rsa_reference.items()},
+           "device": an.device}
+    cleaning = {"detrend": config.cleaning.detrend, "high_pass": config.cleaning.high_pass,
+                "confounds": config.cleaning.confounds,
+                "standardize": config.cleaning.standardize,
+                "smoothing_fwhm": config.cleaning.smoothing_fwhm}
+    provenance = _provenance(config, links)
+    n_jobs = config.nipype.nprocs or os.cpu_count() or 1
+    for (subject, task), runs in plans.items():
+        seeds = {model: derive_seed(master, subject, task, model) for model in an.models}
+        seeds.update(occlusion=derive_seed(master, subject, task, "occlusion"),
+                     rsa=derive_seed(master, subject, task, "rsa"))
+        wf.add_nodes([init_participant_wf(
+            subject=subject, task=task, runs=[run.to_dict() for run in runs],
+            output_dir=config.execution.output_dir, label_spec=label_spec,
+            cleaning=cleaning, analyses=an.analyses, models=an.models, decoding=decoding,
+            occlusion=occlusion, rsa=rsa, seeds=seeds, provenance=provenance,
+            n_jobs=n_jobs)])
+    return wf
+
+
+def init_group_wf_from_config(config: Config, links: dict[str, Path]) -> pe.Workflow:
+    """The group-level workflow with this run's settings."""
+    from bids_affect.workflows.group import init_group_wf
+
+    wf = pe.Workflow(name=f"{workflow_name()}_group", base_dir=str(config.execution.work_dir))
+    wf.add_nodes([init_group_wf(output_dir=config.execution.output_dir,
+                                participant_label=config.execution.participant_label,
+                                provenance=_provenance(config, links))])
+    return wf
+
+
+def error_from_crash_files(crash_dir: Path) -> BidsAffectError | None:
+    """The bids_affect error recorded in a nipype crash file of ``crash_dir``, if any."""
+    for crash in sorted(Path(crash_dir).glob("crash-*.txt")):
+        error = error_from_traceback(crash.read_text(errors="replace"))
+        if error is not None:
+            return error
+    return None
+
+
+def run_workflow(wf: pe.Workflow, config: Config) -> None:
+    """Run ``wf`` with the configured nipype plugin; map node failures to exit codes."""
+    ex, ny = config.execution, config.nipype
+    crash_dir = ex.work_dir / "crash" / ex.run_id
+    wf.config["execution"].update({
+        "crashdump_dir": str(crash_dir), "crashfile_format": "txt",
+        "stop_on_first_crash": True, "remove_unnecessary_outputs": False,
+        "hash_method": "timestamp", "check_version": False,
+    })
+    plugin, plugin_args = ny.plugin, dict(ny.plugin_args)
+    n_procs = ny.nprocs or os.cpu_count() or 1
+    if plugin == "MultiProc":
+        if n_procs == 1:
+            plugin = "Linear"
+        else:
+            plugin_args.setdefault("n_procs", n_procs)
+            plugin_args.setdefault("raise_insufficient", False)
+            if ny.mem_mb:
+                plugin_args.setdefault("memory_gb", ny.mem_mb / 1024)
+    try:
+        wf.run(plugin=plugin, plugin_args=plugin_args)
+    except BidsAffectError:
+        raise
+    except Exception as err:
+        error = error_from_crash_files(crash_dir) or error_from_traceback(str(err))
+        if error is not None:
+            raise error from err
+        crashes = sorted(crash_dir.glob("crash-*"))
+        raise RuntimeError(f"a workflow step failed; see {crashes[0] if crashes else crash_dir}"
+                           ) from err
