@@ -23,9 +23,10 @@ z-score per voxel. Optional smoothing happens before masking. Volumes that a
 strategy censors (non-steady-state, scrubbing) keep their row, filled with 0
 and flagged ``censored``; :meth:`SampleSet.labelled` never returns them.
 
-Memory: one run is in memory at a time (read in its stored dtype, masked,
-then converted to float32); the outputs are written with ordinary sequential
-writes, so neither the whole series nor the output pages stay resident.
+Memory: runs are read a block of volumes at a time in file order, so only one
+run's masked float32 signals (and its cleaned copy) are ever in memory; nilearn
+cleans blocks of voxels, which bounds its float64 copies; the outputs are
+written with ordinary sequential writes, so no output page stays resident.
 
 Examples
 --------
@@ -51,7 +52,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -94,6 +95,10 @@ MANIFEST_VERSION = 1
 
 #: Volumes per block when the cropped 4D view is written.
 _WRITE_CHUNK = 64
+
+#: Bytes per block of volumes read (as float32), and per block of voxels cleaned (float64).
+_READ_BLOCK_BYTES = 64 * 2**20
+_CLEAN_BLOCK_BYTES = 16 * 2**20
 
 _SAMPLE_DTYPE = np.dtype("<f4")
 _TABLE_DTYPES = {"subject": str, "run": str, "label": str}
@@ -194,7 +199,7 @@ def check_confound_strategy(name: str) -> ConfoundStrategy:
     >>> check_confound_strategy("aroma")
     Traceback (most recent call last):
     ...
-    bids_affect.exceptions.UsageError: confounds: unknown strategy 'aroma'; fix: use one of none, motion, ...
+    bids_affect.exceptions.UsageError: confounds: unknown strategy 'aroma'; fix: use one of ...
     """
     if name not in CONFOUND_STRATEGIES:
         raise UsageError(f"unknown strategy {name!r}", path="confounds",
@@ -348,7 +353,9 @@ def load_bold(path: str | Path) -> nib.Nifti1Image:
         raise InputMissingError("BOLD file does not exist", path=path,
                                 fix="check the dataset and the fMRIPrep derivatives")
     try:
-        image = nib.load(path)
+        # keep_file_open: blocks of volumes are then read in one pass through the gzip
+        # stream; the handle closes with the image.
+        image = nib.load(path, keep_file_open=True)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise InputDataError(f"cannot read NIfTI header ({type(err).__name__}: {err})",
                              path=path, fix="re-copy or re-convert the file") from err
@@ -362,10 +369,13 @@ def load_bold(path: str | Path) -> nib.Nifti1Image:
     return image
 
 
-def _read_data(image: nib.Nifti1Image, path: Path) -> np.ndarray:
-    """The image's data in its stored dtype (float when scaled); corrupt files -> 65."""
+def _read_data(image: nib.Nifti1Image, path: Path,
+               index: tuple[slice, ...] | None = None) -> np.ndarray:
+    """The image's data (or ``index`` of it) in its stored dtype; corrupt files -> 65."""
     try:
-        return np.asanyarray(image.dataobj)
+        return np.asanyarray(image.dataobj if index is None else image.dataobj[index])
+    except MemoryError:
+        raise
     except Exception as err:  # truncated gzip: EOFError, zlib.error, OSError, ValueError
         raise InputDataError(
             f"cannot read the image data, the file is truncated or corrupt "
@@ -373,20 +383,34 @@ def _read_data(image: nib.Nifti1Image, path: Path) -> np.ndarray:
             fix="re-copy the file or re-run the step that wrote it") from err
 
 
-def _check_finite(data: np.ndarray, path: Path) -> None:
-    """Refuse NaN or Inf in a 4D series, counting the voxels and volumes hit."""
-    if not np.issubdtype(data.dtype, np.floating):
-        return
-    if np.isfinite(data.sum(dtype=np.float64)):  # cheap test first: no full boolean copy
-        return
-    bad = ~np.isfinite(data)
-    n_voxels = int(bad.any(axis=3).sum())
-    n_volumes = int(bad.any(axis=(0, 1, 2)).sum())
-    raise InputDataError(
-        f"BOLD holds {int(bad.sum())} NaN or Inf values in {n_voxels} voxels and "
-        f"{n_volumes} of {data.shape[3]} volumes", path=path,
-        fix="re-run preprocessing, or replace them (e.g. nilearn.image.math_img"
-            "('np.nan_to_num(img)', img=...))")
+def _volume_blocks(image: nib.Nifti1Image, path: Path) -> Iterator[tuple[int, np.ndarray]]:
+    """Consecutive blocks of volumes ``(x, y, z, k)``, read in file order, NaN-checked.
+
+    The file is read once from start to end, a block at a time, so a run never
+    has to be in memory whole. NaN and Inf are counted over the whole run and
+    refused (65) once it has been read.
+    """
+    n_volumes = image.shape[3]
+    volume_bytes = int(np.prod(image.shape[:3])) * 4
+    step = max(1, _READ_BLOCK_BYTES // volume_bytes)
+    bad_voxels = np.zeros(image.shape[:3], bool)
+    bad_volumes = bad_values = 0
+    for start in range(0, n_volumes, step):
+        block = _read_data(image, path, (Ellipsis, slice(start, start + step)))
+        # Cheap test first: the sum of finite values is finite (float64 does not overflow).
+        if np.issubdtype(block.dtype, np.floating) and not np.isfinite(
+                block.sum(dtype=np.float64)):
+            bad = ~np.isfinite(block)
+            bad_voxels |= bad.any(axis=3)
+            bad_volumes += int(bad.any(axis=(0, 1, 2)).sum())
+            bad_values += int(bad.sum())
+        yield start, block
+    if bad_values:
+        raise InputDataError(
+            f"BOLD holds {bad_values} NaN or Inf values in {int(bad_voxels.sum())} voxels "
+            f"and {bad_volumes} of {n_volumes} volumes", path=path,
+            fix="re-run preprocessing, or replace them (e.g. nilearn.image.math_img"
+                "('np.nan_to_num(img)', img=...))")
 
 
 def _same_grid(first: nib.Nifti1Image, second: nib.Nifti1Image) -> bool:
@@ -414,12 +438,12 @@ def _mask_image(data: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
 
 
 def _image_like(data: np.ndarray, affine: np.ndarray,
-                like: nib.Nifti1Image | None) -> nib.Nifti1Image:
+                like: nib.Nifti1Image) -> nib.Nifti1Image:
+    """An image of ``data`` that keeps ``like``'s qform/sform codes and units."""
     image = nib.Nifti1Image(data, affine)
-    if like is not None:
-        image.header.set_qform(affine, code=int(like.header["qform_code"]) or 1)
-        image.header.set_sform(affine, code=int(like.header["sform_code"]) or 1)
-        image.header.set_xyzt_units(*like.header.get_xyzt_units())
+    image.header.set_qform(affine, code=int(like.header["qform_code"]) or 1)
+    image.header.set_sform(affine, code=int(like.header["sform_code"]) or 1)
+    image.header.set_xyzt_units(*like.header.get_xyzt_units())
     return image
 
 
@@ -461,7 +485,7 @@ def subject_mask(runs: Sequence[RunRecord]) -> nib.Nifti1Image:
 
     The intersection of the fMRIPrep brain masks when every run has one;
     otherwise nilearn's :func:`~nilearn.masking.compute_epi_mask` of the mean
-    image of all runs (one pass over the data, one run in memory at a time).
+    image of all runs (one pass over the data, a block of volumes at a time).
 
     Examples
     --------
@@ -493,6 +517,10 @@ def _intersect_masks(runs: Sequence[RunRecord]) -> nib.Nifti1Image:
     for run in runs:
         mask = load_mask(run.mask)
         _check_grid(mask, run.mask, load_bold(run.bold), Path(run.bold))
+        if not _same_grid(first, mask):
+            raise InputDataError(
+                f"brain mask grid differs from {Path(runs[0].mask).name} of the same subject",
+                path=run.mask, fix="give runs in one space (--space), or a mask_img")
         inside &= np.asarray(mask.dataobj, bool)
     if not inside.any():
         raise InputDataError("the runs' brain masks do not overlap", path=runs[0].mask,
@@ -511,7 +539,10 @@ def _epi_mask(runs: Sequence[RunRecord]) -> nib.Nifti1Image:
             raise InputDataError(
                 f"BOLD grid differs from {Path(runs[0].bold).name} of the same subject",
                 path=run.bold, fix="give runs in one space, or a mask_img")
-        total += _read_data(image, Path(run.bold)).mean(axis=3, dtype=np.float64)
+        run_sum = np.zeros(first.shape[:3])
+        for _, block in _volume_blocks(image, Path(run.bold)):
+            run_sum += block.sum(axis=3, dtype=np.float64)
+        total += run_sum / image.shape[3]
     mean = nib.Nifti1Image((total / len(runs)).astype(np.float32), first.affine)
     inside = np.asarray(compute_epi_mask(mean).dataobj, bool)
     if not inside.any():
@@ -547,9 +578,9 @@ def load_masked_run(run: RunRecord, mask_img: nib.Nifti1Image, *,
                     smoothing_fwhm: float | None = None) -> np.ndarray:
     """The run's voxels in ``mask_img`` as float32, shape ``(n_volumes, n_voxels)``.
 
-    The data are read in their stored dtype, checked for NaN and Inf, smoothed
-    when asked (before masking), masked, then converted: the run never exists
-    as a full float array unless it is smoothed.
+    The file is read a block of volumes at a time; each block is checked for
+    NaN and Inf, smoothed when asked (before masking), masked and converted,
+    so only the masked run is ever in memory.
 
     Examples
     --------
@@ -566,18 +597,18 @@ def load_masked_run(run: RunRecord, mask_img: nib.Nifti1Image, *,
     path = Path(run.bold)
     image = load_bold(path)
     _check_grid(mask_img, mask_img.get_filename(), image, path)
-    data = _read_data(image, path)
-    _check_finite(data, path)
-    if smoothing_fwhm:
-        from nilearn.image import smooth_img
-
-        smoothed = smooth_img(nib.Nifti1Image(np.asarray(data, np.float32), image.affine),
-                              smoothing_fwhm)
-        data = np.asanyarray(smoothed.dataobj)
     inside = np.asarray(mask_img.dataobj, bool)
-    signals = data[inside].T  # (n_volumes, n_voxels), a view of the masked copy
-    del data
-    return np.asarray(signals, dtype=np.float32)
+    signals = np.empty((image.shape[3], int(inside.sum())), np.float32)
+    for start, block in _volume_blocks(image, path):
+        if smoothing_fwhm:
+            from nilearn.image import smooth_img
+
+            # Smoothing is spatial, volume by volume: blocks give the same result.
+            block = np.asanyarray(smooth_img(
+                nib.Nifti1Image(np.asarray(block, np.float32), image.affine),
+                smoothing_fwhm).dataobj)
+        signals[start:start + block.shape[3]] = block[inside].T
+    return signals
 
 
 def _resolve_standardize(standardize: bool | str) -> str | bool:
@@ -623,15 +654,21 @@ def clean_signals(signals: np.ndarray, t_r: float, *,
     from nilearn.signal import clean
 
     signals = np.asarray(signals, dtype=np.float32)
-    n_volumes = signals.shape[0]
-    kept = None if sample_mask is None else np.asarray(sample_mask, dtype=int)
-    cleaned = clean(signals, detrend=detrend, standardize=_resolve_standardize(standardize),
-                    confounds=confounds, sample_mask=kept, high_pass=high_pass, t_r=t_r)
-    if kept is None:
-        return np.ascontiguousarray(cleaned, dtype=_SAMPLE_DTYPE)
-    full = np.zeros((n_volumes, signals.shape[1]), _SAMPLE_DTYPE)
-    full[kept] = cleaned
-    return full
+    n_volumes, n_voxels = signals.shape
+    kept = slice(None) if sample_mask is None else np.asarray(sample_mask, dtype=int)
+    standardize = _resolve_standardize(standardize)
+    # Every step of clean() works voxel by voxel, so blocks of voxels give the same
+    # result with bounded float64 copies; except "psc", which looks at all voxels.
+    step = n_voxels if standardize == "psc" else max(1, _CLEAN_BLOCK_BYTES // (8 * n_volumes))
+    cleaned = np.zeros((n_volumes, n_voxels), _SAMPLE_DTYPE)
+    for start in range(0, n_voxels, step):
+        # butterworth__copy: filter the block in one vectorised call; nilearn's default
+        # loops over voxels (one filter call each), about 25 times slower.
+        cleaned[kept, start:start + step] = clean(
+            signals[:, start:start + step].copy(), detrend=detrend, standardize=standardize,
+            confounds=confounds, sample_mask=None if sample_mask is None else kept.copy(),
+            high_pass=high_pass, t_r=t_r, butterworth__copy=True)
+    return cleaned
 
 
 @_fill_doc
@@ -736,9 +773,9 @@ def _write_npy_header(file: BinaryIO, shape: tuple[int, ...]) -> None:
 
 def _write_cropped(file: BinaryIO, cleaned: np.ndarray, crop_mask: np.ndarray) -> None:
     """Append cleaned rows as cropped volumes (background 0), a block at a time."""
-    block = np.zeros((_WRITE_CHUNK, *crop_mask.shape), _SAMPLE_DTYPE)
-    for start in range(0, cleaned.shape[0], _WRITE_CHUNK):
-        rows = cleaned[start:start + _WRITE_CHUNK]
+    block = np.zeros((min(_WRITE_CHUNK, len(cleaned)), *crop_mask.shape), _SAMPLE_DTYPE)
+    for start in range(0, cleaned.shape[0], len(block)):
+        rows = cleaned[start:start + len(block)]
         view = block[:len(rows)]
         view[:, crop_mask] = rows  # voxels outside the mask stay 0 in every block
         file.write(memoryview(view))
@@ -857,7 +894,7 @@ def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | 
                 censored[sample_mask] = False
             tables.append(_run_table(run, index, labels[index], censored))
             run_entries.append({
-                **run.to_dict(), "index": index, "first_row": first_row,
+                "key": run.key, **run.to_dict(), "index": index, "first_row": first_row,
                 "n_volumes": n_volumes,
                 "confound_columns": [] if table is None else list(table.columns),
                 "censored_volumes": np.flatnonzero(censored).tolist()})

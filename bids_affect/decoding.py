@@ -63,15 +63,17 @@ from bids_affect.progress import Progress
 
 LOGGER = logging.getLogger("bids_affect.decoding")
 
-#: Linear classifiers by name; each entry builds a fresh, unfitted classifier.
+#: Linear classifiers by name; each entry builds a fresh, unfitted classifier. The
+#: penalties scale with the number of features (ridge alpha = p, C = 1/p): on z-scored
+#: voxels the squared norm of a sample grows with p, and so does the Gram matrix.
 LINEAR_CLASSIFIERS: dict[str, Callable[[int, int | None], Any]] = {
-    # alpha scales with the number of features: z-scored voxels give a Gram matrix
-    # whose noise eigenvalues grow with the feature count.
     "ridge": lambda n_features, seed: RidgeClassifier(alpha=float(max(n_features, 1))),
     "logreg": lambda n_features, seed: LogisticRegression(
-        C=1.0, max_iter=1000, class_weight="balanced", random_state=seed),
+        C=1.0 / max(n_features, 1), max_iter=1000, class_weight="balanced",
+        random_state=seed),
     "svm": lambda n_features, seed: LinearSVC(
-        C=1.0, class_weight="balanced", dual="auto", max_iter=5000, random_state=seed),
+        C=1.0 / max(n_features, 1), class_weight="balanced", dual="auto", max_iter=5000,
+        random_state=seed),
 }
 
 #: Optional feature reduction inside the folds, by suffix (``logreg-pca``).
@@ -354,7 +356,8 @@ def cross_validate(make_estimator: Callable[[int, int], Any], X: np.ndarray, y: 
                    splits: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: int, *,
                    runs: np.ndarray | None = None, fold_names: Sequence[str] | None = None,
                    keep_estimators: bool = True, fit_groups: bool = False,
-                   class_names: Sequence[str] | None = None) -> FoldPredictions:
+                   class_names: Sequence[str] | None = None,
+                   warn: bool = True) -> FoldPredictions:
     """Fit a fresh estimator per fold and predict its test samples.
 
     Parameters
@@ -386,7 +389,7 @@ def cross_validate(make_estimator: Callable[[int, int], Any], X: np.ndarray, y: 
         if len(np.unique(y[train])) < 2:
             raise InputDataError(f"training set of {name} holds fewer than 2 classes",
                                  fix="use more runs or a different --cv")
-        if missing:
+        if missing and warn:
             names = [class_names[c] for c in missing] if class_names else missing
             LOGGER.warning("%s: classes %s are absent from the training samples; that fold "
                            "cannot predict them and their test samples count as errors.",
@@ -463,7 +466,7 @@ def _refit_null(make_estimator, X, permuted, splits, n_classes, runs, fit_groups
                 progress: Progress | None) -> np.ndarray:
     def one(labels):
         fit = cross_validate(make_estimator, X, labels, splits, n_classes, runs=runs,
-                             keep_estimators=False, fit_groups=fit_groups)
+                             keep_estimators=False, fit_groups=fit_groups, warn=False)
         return _pooled_balanced_accuracy(labels, fit.predicted)
 
     null = []
@@ -486,7 +489,7 @@ def random_split_score(make_estimator, X: np.ndarray, y: np.ndarray, n_classes: 
     splitter = StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=random_state)
     train, test = next(splitter.split(np.zeros(len(y)), y))
     fit = cross_validate(make_estimator, X, y, [(train, test)], n_classes,
-                         keep_estimators=False)
+                         keep_estimators=False, warn=False)
     return _pooled_balanced_accuracy(y[test], fit.predicted[test])
 
 

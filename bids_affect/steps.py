@@ -63,25 +63,29 @@ def labels_step(out_dir: Path, *, runs: Sequence[Mapping[str, Any]],
         check_events,
         check_labelled,
         count_labels,
-        label_volumes,
+        labels_from_scores,
         labels_table,
         read_events,
+        score_volumes,
     )
 
     spec = LabelSpec(**label_spec)
-    labels_by_run = {}
-    for run in _records(runs):
+    records = _records(runs)
+    labels_by_run, scores_by_run = {}, {}
+    for run in records:
         events = read_events(run.events)
         check_events(spec, events, run.events)
-        labels = label_volumes(events, spec, tr=run.tr, n_volumes=run.n_volumes,
+        scores = score_volumes(events, spec, tr=run.tr, n_volumes=run.n_volumes,
                                start_time=run.start_time, path=run.events)
+        labels = labels_from_scores(scores, spec)
         deriv.write_tsv(out_dir / f"{run.key}_labels.tsv",
                         labels_table(labels, tr=run.tr, start_time=run.start_time))
-        labels_by_run[run.key] = labels
-    check_labelled(labels_by_run, spec)
-    classes = sorted({label for labels in labels_by_run.values() for label in labels
-                      if label is not None})
-    deriv.write_tsv(out_dir / "counts.tsv", count_labels(labels_by_run, classes))
+        labels_by_run[run.key], scores_by_run[run.key] = labels, scores
+    check_labelled(labels_by_run, spec, scores_by_run, where=f"sub-{records[0].subject}")
+    found = sorted({label for labels in labels_by_run.values() for label in labels
+                    if label is not None})
+    deriv.write_tsv(out_dir / "counts.tsv",
+                    count_labels(labels_by_run, list(spec.classes) or found))
     deriv.write_json(out_dir / "labels.json", {
         "spec": spec.to_dict(),
         "labels": {key: [None if label is None else str(label) for label in labels]

@@ -343,11 +343,20 @@ def class_drive(scenes: pd.DataFrame, classes: Sequence[str], times: np.ndarray,
 
 
 def _motion_parameters(n_volumes: int, rng: np.random.Generator) -> np.ndarray:
-    """Six smooth head-motion traces (mm and radians), shape ``(n_volumes, 6)``."""
-    walk = np.cumsum(rng.normal(0, 0.05, size=(n_volumes, 6)), axis=0)
-    walk = ndimage.gaussian_filter1d(walk, sigma=2.0, axis=0)
-    walk[:, 3:] *= 0.01
-    return walk - walk.mean(axis=0)
+    """Six head-motion traces (mm and radians), shape ``(n_volumes, 6)``.
+
+    Each is AR(1) jitter (coefficient .7) plus a small linear drift: like real
+    traces, they vary from volume to volume, so regressing them out removes the
+    motion signal without removing the slow, scene-long emotion signal.
+    """
+    jitter = np.zeros((n_volumes, 6))
+    innovations = rng.normal(0, 0.05, size=(n_volumes, 6))
+    for t in range(1, n_volumes):
+        jitter[t] = 0.7 * jitter[t - 1] + innovations[t]
+    drift = np.linspace(0, 1, n_volumes)[:, None] * rng.normal(0, 0.1, size=(1, 6))
+    motion = jitter + drift
+    motion[:, 3:] *= 0.01
+    return motion - motion.mean(axis=0)
 
 
 def _ar1_noise(n_volumes: int, n_voxels: int, coefficient: float,

@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
@@ -145,7 +144,7 @@ class LabelSpec:
     >>> LabelSpec("bad", "columns", {"fear": ("e_fear",)}, overlap="min")
     Traceback (most recent call last):
     ...
-    bids_affect.exceptions.UsageError: label spec 'bad': field 'overlap' must be one of 'max', 'exclude', got 'min'; fix: see docs/labels.md and bids_affect/data/labels/schema.json
+    bids_affect.exceptions.UsageError: label spec 'bad': field 'overlap': 'min' is not one of ['max', 'exclude']; fix: see docs/labels.md and bids_affect/data/labels/schema.json
     """  # noqa: E501
 
     name: str
@@ -166,6 +165,11 @@ class LabelSpec:
         object.__setattr__(self, "threshold", float(self.threshold))
         object.__setattr__(self, "hrf_lag", float(self.hrf_lag))
         object.__setattr__(self, "min_volumes", int(self.min_volumes))
+
+    def __hash__(self) -> int:
+        # classes is a plain dict (a mapping proxy would not pickle to nipype workers),
+        # so hash the JSON form; equal specs hash equal.
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -223,9 +227,9 @@ def check_label_spec(spec: Mapping[str, Any], where: str = "label spec") -> None
     ...                   "thresold": 0.5}, where="my_spec.json")
     Traceback (most recent call last):
     ...
-    bids_affect.exceptions.UsageError: my_spec.json: field 'thresold' is not allowed (allowed: $schema, name, description, source, classes, threshold, overlap, hrf_lag, min_volumes); fix: see docs/labels.md and bids_affect/data/labels/schema.json
+    bids_affect.exceptions.UsageError: my_spec.json: Additional properties are not allowed ('thresold' was unexpected); fix: see docs/labels.md and bids_affect/data/labels/schema.json
     """  # noqa: E501
-    problem = _schema_problem(_schema(), spec, field_name="")
+    problem = _schema_problem(dict(spec))
     if problem is None:
         problem = _shared_member_problem(spec.get("classes", {}))
     if problem is not None:
@@ -244,180 +248,17 @@ def _shared_member_problem(classes: Mapping[str, Sequence[str]]) -> str | None:
     return None
 
 
-# The JSON Schema keywords that only annotate; the others must be understood below.
-_ANNOTATIONS = {"$schema", "$id", "title", "description", "default", "examples"}
+def _schema_problem(value: Any, schema: Mapping[str, Any] | None = None) -> str | None:
+    """The most relevant violation of the label spec schema by ``value``, or None."""
+    import jsonschema
 
-
-def _schema_problem(schema: Mapping[str, Any], value: Any, field_name: str) -> str | None:
-    """First violation of ``schema`` by ``value`` (a subset of JSON Schema 2020-12), or None.
-
-    jsonschema is not a dependency; this covers the keywords ``schema.json`` uses and
-    refuses any other, so that the schema and the checks cannot drift apart.
-    """
-    label = f"field {field_name!r}" if field_name else "the spec"
-    for keyword, expected in schema.items():
-        if keyword in _ANNOTATIONS:
-            continue
-        check = _KEYWORD_CHECKS.get(keyword)
-        if check is None:
-            raise NotImplementedError(f"JSON Schema keyword {keyword!r} is not supported")
-        problem = check(schema, expected, value, field_name)
-        if problem is not None:
-            return problem if problem.startswith("field ") else f"{label} {problem}"
-    return None
-
-
-_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
-    "object": lambda v: isinstance(v, Mapping),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-    and math.isfinite(v),
-    "integer": lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-    and math.isfinite(v) and float(v).is_integer(),
-}
-
-
-def _child(field_name: str, key: str | int) -> str:
-    return f"{field_name}[{key}]" if isinstance(key, int) else (
-        f"{field_name}.{key}" if field_name else key)
-
-
-def _check_type(schema, expected, value, field_name):
-    if not _JSON_TYPES[expected](value):
-        return f"must be {'an' if expected[0] in 'aio' else 'a'} {expected}, got {value!r}"
-    return None
-
-
-def _check_enum(schema, expected, value, field_name):
-    if value not in expected:
-        return f"must be one of {', '.join(map(repr, expected))}, got {value!r}"
-    return None
-
-
-def _check_const(schema, expected, value, field_name):
-    return None if value == expected else f"must be {expected!r}, got {value!r}"
-
-
-def _check_bound(compare: Callable[[float, float], bool], words: str):
-    def check(schema, bound, value, field_name):
-        if _JSON_TYPES["number"](value) and not compare(value, bound):
-            return f"must be {words} {bound}, got {value!r}"
+    validator = jsonschema.Draft202012Validator(_schema() if schema is None else schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
         return None
-    return check
-
-
-def _check_min_length(schema, minimum, value, field_name):
-    if isinstance(value, str) and len(value) < minimum:
-        return "must not be empty"
-    return None
-
-
-def _check_pattern(schema, pattern, value, field_name):
-    if isinstance(value, str) and not re.search(pattern, value):
-        return f"must match {pattern}, got {value!r}"
-    return None
-
-
-def _check_min_items(schema, minimum, value, field_name):
-    if isinstance(value, list | Mapping) and len(value) < minimum:
-        return f"needs at least {minimum} entr{'y' if minimum == 1 else 'ies'}"
-    return None
-
-
-def _check_unique_items(schema, unique, value, field_name):
-    if unique and isinstance(value, list) and len(set(map(str, value))) < len(value):
-        return f"has duplicates: {value!r}"
-    return None
-
-
-def _check_items(schema, item_schema, value, field_name):
-    if not isinstance(value, list):
-        return None
-    for position, item in enumerate(value):
-        problem = _schema_problem(item_schema, item, _child(field_name, position))
-        if problem:
-            return problem
-    return None
-
-
-def _check_required(schema, names, value, field_name):
-    missing = [name for name in names if isinstance(value, Mapping) and name not in value]
-    return f"field {_child(field_name, missing[0])!r} is required" if missing else None
-
-
-def _check_properties(schema, properties, value, field_name):
-    if not isinstance(value, Mapping):
-        return None
-    for key, item_schema in properties.items():
-        if key in value:
-            problem = _schema_problem(item_schema, value[key], _child(field_name, key))
-            if problem:
-                return problem
-    return None
-
-
-def _check_additional(schema, additional, value, field_name):
-    if not isinstance(value, Mapping):
-        return None
-    known = schema.get("properties", {})
-    for key, item in value.items():
-        if key in known:
-            continue
-        if additional is False:
-            return (f"field {_child(field_name, key)!r} is not allowed "
-                    f"(allowed: {', '.join(known)})")
-        problem = _schema_problem(additional, item, _child(field_name, key))
-        if problem:
-            return problem
-    return None
-
-
-def _check_property_names(schema, name_schema, value, field_name):
-    if not isinstance(value, Mapping):
-        return None
-    for key in value:
-        problem = _schema_problem(name_schema, key, "")
-        if problem:
-            return f"field {field_name!r}: name {key!r} {problem.removeprefix('the spec ')}"
-    return None
-
-
-def _check_all_of(schema, subschemas, value, field_name):
-    for subschema in subschemas:
-        problem = _schema_problem(subschema, value, field_name)
-        if problem:
-            return problem
-    return None
-
-
-def _check_if(schema, condition, value, field_name):
-    if _schema_problem(condition, value, field_name) is None and "then" in schema:
-        return _schema_problem(schema["then"], value, field_name)
-    return None
-
-
-_KEYWORD_CHECKS: dict[str, Callable[..., str | None]] = {
-    "type": _check_type,
-    "enum": _check_enum,
-    "const": _check_const,
-    "minimum": _check_bound(lambda v, b: v >= b, ">="),
-    "maximum": _check_bound(lambda v, b: v <= b, "<="),
-    "exclusiveMinimum": _check_bound(lambda v, b: v > b, ">"),
-    "minLength": _check_min_length,
-    "pattern": _check_pattern,
-    "minItems": _check_min_items,
-    "minProperties": _check_min_items,
-    "uniqueItems": _check_unique_items,
-    "items": _check_items,
-    "required": _check_required,
-    "properties": _check_properties,
-    "additionalProperties": _check_additional,
-    "propertyNames": _check_property_names,
-    "allOf": _check_all_of,
-    "if": _check_if,
-    "then": lambda *args: None,  # applied by "if"
-}
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
+                    for part in error.absolute_path).lstrip(".")
+    return f"field {where!r}: {error.message}" if where else error.message
 
 
 def _preset_folder():
@@ -495,7 +336,7 @@ def load_label_spec(name_or_path: str | Path, *, hrf_lag: float | None = None,
     content.setdefault("name", default_name)
     for key, value in (("hrf_lag", hrf_lag), ("min_volumes", min_volumes)):
         if value is not None:
-            problem = _schema_problem(_schema()["properties"][key], value, key)
+            problem = _schema_problem(value, _schema()["properties"][key])
             if problem:
                 raise UsageError(problem, path=f"--{key.replace('_', '-')}",
                                  fix=_SCHEMA_HINT)

@@ -166,7 +166,6 @@ def load_layout(bids_dir: Path, derivatives: Mapping[str, Path] | None = None,
     """
     from bids import BIDSLayout
     from bids.exceptions import BIDSValidationError
-    from bids.layout import BIDSLayoutIndexer
 
     bids_dir = check_bids_dir(bids_dir)
     derivative_paths = {name: Path(path).absolute() for name, path in (derivatives or {}).items()}
@@ -183,7 +182,6 @@ def load_layout(bids_dir: Path, derivatives: Mapping[str, Path] | None = None,
             derivatives=[str(p) for p in derivative_paths.values()] or False,
             database_path=None if database_dir is None else str(database_dir),
             reset_database=reset,
-            indexer=BIDSLayoutIndexer(validate=True, index_metadata=True),
         )
 
     try:

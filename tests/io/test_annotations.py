@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import pickle
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -237,6 +238,13 @@ def test_spec_round_trips_through_json(tmp_path):
     assert load_label_spec(str(path)) == spec
 
 
+def test_spec_pickles_and_hashes():
+    spec = load_label_spec("studyforrest-5")
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert hash(spec) == hash(load_label_spec("studyforrest-5"))
+    assert spec != replace(spec, threshold=0.6)
+
+
 def test_spec_file_without_name_takes_the_file_name(tmp_path):
     path = write_spec(tmp_path, {"source": "trial_type"}, name="my-events.json")
     assert load_label_spec(path).name == "my-events"
@@ -300,7 +308,7 @@ def test_malformed_spec_names_the_file_and_the_field(tmp_path, change, field_nam
 
 def test_columns_spec_needs_classes(tmp_path):
     path = write_spec(tmp_path, {"source": "columns"})
-    with pytest.raises(UsageError, match="'classes' is required"):
+    with pytest.raises(UsageError, match="'classes' is a required property"):
         load_label_spec(path)
 
 
