@@ -110,8 +110,7 @@ _CLEANING_DOC = """detrend : bool
         1/300 Hz: emotions in a movie recur every few minutes, and a 1/128 Hz
         high-pass removes real signal. Recorded in the manifest.
     confounds : str
-        Confound strategy, a key of :data:`CONFOUND_STRATEGIES` ("none",
-        "motion", "motion24", "simple", "scrubbing", "compcor").
+        Confound strategy, a key of :data:`CONFOUND_STRATEGIES`: %(strategies)s.
     standardize : bool or str
         z-score each voxel per run (True: nilearn's ``"zscore_sample"``), or a
         nilearn ``standardize`` value, or False.
@@ -121,7 +120,9 @@ _CLEANING_DOC = """detrend : bool
 
 def _fill_doc(func: Callable) -> Callable:
     """Paste the shared parameter descriptions into ``func``'s docstring."""
-    func.__doc__ = (func.__doc__ or "").replace("%(cleaning)s", _CLEANING_DOC)
+    strategies = ", ".join(f'"{name}"' for name in CONFOUND_STRATEGIES)
+    func.__doc__ = (func.__doc__ or "").replace(
+        "%(cleaning)s", _CLEANING_DOC.replace("%(strategies)s", strategies))
     return func
 
 
@@ -228,6 +229,16 @@ def _nilearn_image_path(confounds: Path) -> str:
     return str(confounds.with_name(f"{match['prefix']}_desc-preproc_bold.nii.gz"))
 
 
+#: What nilearn's names of column groups stand for, in messages.
+_COLUMN_GROUPS = {
+    "compcor": "CompCor components (a_comp_cor_* / t_comp_cor_* listed in the JSON sidecar)",
+    "motion": "motion parameters (trans_*, rot_*)",
+    "wm_csf": "white_matter and csf",
+    "global_signal": "global_signal",
+    "ica_aroma": "aroma_motion_*",
+}
+
+
 def _missing_columns(message: str) -> str | None:
     """Columns and column groups listed in nilearn's "missing" error, as text."""
     match = _NILEARN_MISSING.search(message)
@@ -237,8 +248,18 @@ def _missing_columns(message: str) -> str | None:
         columns, groups = (ast.literal_eval(text) for text in match.groups())
     except (ValueError, SyntaxError):
         return None
-    names = [str(c) for c in columns] + [f"{g} columns" for g in groups]
+    names = [str(c) for c in columns] + [_COLUMN_GROUPS.get(g, f"{g} columns") for g in groups]
     return ", ".join(names) or None
+
+
+def _missing_keys(err: KeyError) -> str:
+    """Column names of a pandas KeyError ("['a', 'b'] not in index" or "'a'")."""
+    text = str(err.args[0]) if err.args else str(err)
+    match = re.search(r"\[.*?\]", text)
+    try:
+        return ", ".join(str(c) for c in ast.literal_eval(match.group(0))) if match else text
+    except (ValueError, SyntaxError):
+        return text
 
 
 def load_run_confounds(run: RunRecord, strategy: str = "motion"
@@ -273,16 +294,13 @@ def load_run_confounds(run: RunRecord, strategy: str = "motion"
 
     Examples
     --------
-    >>> import dataclasses, tempfile
+    >>> import tempfile
     >>> from bids_affect.datasets import make_synthetic_dataset
     >>> from bids_affect.io.layout import collect_runs, load_layout
     >>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=1,
     ...                               n_volumes=20, shape=(8, 9, 8))
-    >>> func = root / "derivatives" / "fmriprep" / "sub-01" / "func"
-    >>> run = dataclasses.replace(
-    ...     collect_runs(load_layout(root))[0],
-    ...     bold=next(func.glob("*_desc-preproc_bold.nii.gz")),
-    ...     confounds=next(func.glob("*_desc-confounds_timeseries.tsv")))
+    >>> layout = load_layout(root, derivatives={"fmriprep": root / "derivatives" / "fmriprep"})
+    >>> run = collect_runs(layout)[0]
     >>> confounds, sample_mask = load_run_confounds(run, "motion")
     >>> confounds.shape, sample_mask
     ((20, 12), None)
@@ -304,12 +322,10 @@ def load_run_confounds(run: RunRecord, strategy: str = "motion"
     kwargs = dict(spec.nilearn_kwargs)
     try:
         confounds, sample_mask = load_confounds(_nilearn_image_path(path), **kwargs)
-    except KeyError as err:  # nilearn indexes scrubbing columns without checking them
-        raise InputDataError(
-            f"confound strategy '{strategy}' needs column(s) the file lacks: {err.args[0]}",
-            path=path, fix="choose another --confounds strategy or re-run fMRIPrep") from err
-    except (ValueError, OSError, pd.errors.ParserError) as err:
-        missing = _missing_columns(str(err))
+    except (KeyError, ValueError, OSError, pd.errors.ParserError) as err:
+        # nilearn reports missing columns in a ValueError, except for the scrubbing
+        # columns, which it indexes without checking (a pandas KeyError).
+        missing = _missing_keys(err) if isinstance(err, KeyError) else _missing_columns(str(err))
         if missing:
             raise InputDataError(
                 f"confound strategy '{strategy}' needs column(s) the file lacks: {missing}",

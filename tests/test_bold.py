@@ -136,8 +136,12 @@ def test_labels_and_samples_line_up(timed_dataset, tmp_path):
     assert (aligned > 0.25).all(), aligned  # each class lights up its own region
     shifted = {shift: class_contrast(samples, regions, shift).mean()
                for shift in (-3, -2, -1, 1, 2, 3)}
-    # Any off-by-N between labels and rows weakens the contrast.
-    assert aligned.mean() > 1.25 * max(shifted.values()), (aligned.mean(), shifted)
+    # The contrast peaks where labels and rows line up: any off-by-N weakens it
+    # (by about 15% for one volume with 10-40 s scenes, 30% or more for two).
+    one_off = max(shifted[-1], shifted[1])
+    more_off = max(value for shift, value in shifted.items() if abs(shift) > 1)
+    assert aligned.mean() > 1.08 * one_off, (aligned.mean(), shifted)
+    assert aligned.mean() > 1.2 * more_off, (aligned.mean(), shifted)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -205,19 +209,26 @@ def test_zscore_per_run_and_voxel(samples):
 
 
 def test_memory_does_not_grow_with_runs(tmp_path):
-    root = make_synthetic_dataset(tmp_path / "bids", n_subjects=1, n_runs=6, n_volumes=40,
-                                  shape=(20, 24, 20), seed=5)
+    n_volumes = 150
+    root = make_synthetic_dataset(tmp_path / "bids", n_subjects=1, n_runs=6,
+                                  n_volumes=n_volumes, shape=(24, 28, 24), seed=5)
     runs = fmriprep_runs(root)
     mask = subject_mask(runs)
-    build_samples(runs[:1], None, tmp_path / "warm", mask_img=mask)  # imports, caches
+    # Confounds "none": nilearn's confound loader interns path strings, and a resize of
+    # the interning table (megabytes, once) would land in one of the measurements.
+    options = {"mask_img": mask, "confounds": "none"}
+    build_samples(runs[:1], None, tmp_path / "warm", **options)  # imports, caches
     peaks = []
     for n_runs in (2, 6):
         tracemalloc.start()
-        build_samples(runs[:n_runs], None, tmp_path / f"runs{n_runs}", mask_img=mask)
+        build_samples(runs[:n_runs], None, tmp_path / f"runs{n_runs}", **options)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    # Holding the series would triple the peak from 2 to 6 runs; streaming keeps it flat.
-    assert peaks[1] < 1.3 * peaks[0], peaks
+    # Holding the runs would add at least their masked float32 signals; streaming adds
+    # nothing, and never holds the whole 4D series even once.
+    four_runs = 4 * int(np.asarray(mask.dataobj).sum()) * n_volumes * 4
+    assert peaks[1] - peaks[0] < 0.5 * four_runs, (peaks, four_runs)
+    assert peaks[1] < 6 * np.prod(runs[0].shape) * 4, peaks
 
 
 # --------------------------------------------------------------------------- masks
@@ -283,6 +294,23 @@ def test_simple_strategy_and_missing_confounds_file(runs):
     assert caught.value.exit_code == 66
     assert load_run_confounds(dataclasses.replace(runs[0], confounds=None), "none") == (None,
                                                                                          None)
+
+
+def test_scrubbing_where_the_file_allows(runs, tmp_path):
+    table = pd.read_csv(runs[0].confounds, sep="\t")
+    for name in ("white_matter", "csf"):
+        table[f"{name}_derivative1"] = table[name].diff()
+        table[f"{name}_power2"] = table[name] ** 2
+        table[f"{name}_derivative1_power2"] = table[f"{name}_derivative1"] ** 2
+    table["std_dvars"] = 1.0
+    table["framewise_displacement"] = 0.1
+    table.loc[40, "framewise_displacement"] = 0.9  # one high-motion volume
+    path = tmp_path / runs[0].confounds.name
+    table.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    confounds, sample_mask = load_run_confounds(
+        dataclasses.replace(runs[0], confounds=path), "scrubbing")
+    assert confounds.shape == (len(table), 32)
+    assert 40 not in sample_mask and len(sample_mask) == len(table) - 1
 
 
 def test_presets_follow_nilearn_without_cosines():

@@ -315,10 +315,11 @@ def test_compiled_kernel_agrees_with_scikit_bio(rng, monkeypatch):
 def test_null_kernels_agree(rng, monkeypatch):
     a, b = _random_rdm(rng, 9).to_numpy(), _rdm(squareform(rng.integers(0, 4, 36))).to_numpy()
     perms = np.array([rng.permutation(9) for _ in range(50)])
+    vectors = rsa._upper(a), rsa._upper(b)
     for method in ("pearson", "kendall_tau_a"):
-        small = rsa._null_model(a, b, method, work=0, n_jobs=1).statistics(perms)
+        small = rsa._null_model(a, *vectors, method, work=0, n_jobs=1).statistics(perms)
         monkeypatch.setattr(rsa, "_MAX_SIGN_PAIRS", 0)
-        large = rsa._null_model(a, b, method, work=10**12, n_jobs=2).statistics(perms)
+        large = rsa._null_model(a, *vectors, method, work=10**12, n_jobs=2).statistics(perms)
         np.testing.assert_allclose(small, large, rtol=0, atol=1e-13)
         monkeypatch.undo()
 

@@ -94,6 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
     from bids_affect.analyses import list_analyses
     from bids_affect.decoding import list_models
     from bids_affect.io.annotations import list_presets
+    from bids_affect.rsa import DISTANCES
 
     parser = _Parser(
         prog="bids_affect",
@@ -229,11 +230,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="occlusion arithmetic; bfloat16 is faster and approximate")
     g.add_argument("--top-k", type=_positive_int, dest="analysis.top_k", metavar="K",
                    help="top voxels per occlusion map (default 500)")
-    g.add_argument("--rdm-distance", choices=("correlation", "euclidean", "crossnobis"),
+    g.add_argument("--rdm-distance", choices=DISTANCES,
                    dest="analysis.rdm_distance", help="RDM distance (default correlation)")
     g.add_argument("--rsa-methods", type=_comma_list, dest="analysis.rsa_methods",
-                   metavar="LIST", help="RDM comparisons: pearson, spearman, kendall "
-                                        "(tau-a) (default spearman)")
+                   metavar="LIST", help="RDM comparisons: pearson, spearman, kendall_tau_a "
+                                        "(default spearman)")
     g.add_argument("--rsa-reference", nargs="+", type=_name_path,
                    dest="analysis.rsa_reference", metavar="NAME=PATH",
                    help="reference RDMs (TSV with a 'class' column and one column per class)")
@@ -359,10 +360,12 @@ def check_config(config: Config) -> None:
     resolve_device(an.device)
     load_label_spec(config.labels.labels, hrf_lag=config.labels.hrf_lag,
                     min_volumes=config.labels.min_volumes)
+    from bids_affect.rsa import METHODS
+
     for method in an.rsa_methods:
-        if method not in ("pearson", "spearman", "kendall"):
+        if method not in METHODS:
             raise UsageError(f"--rsa-methods: {method!r} is unknown",
-                             fix="use pearson, spearman or kendall")
+                             fix=f"use one of {', '.join(METHODS)}")
     for name, path in an.rsa_reference.items():
         if not Path(path).is_file():
             raise UsageError(f"reference RDM '{name}' does not exist", path=path,

@@ -97,27 +97,17 @@ OUTPUTS: dict[str, OutputKind] = {
     "group_decoding": OutputKind("decoding", ".tsv", "group", ("task", "desc")),
 }
 
-#: Non-standard outputs that the bids-validator must skip (``.bidsignore``).
+#: Non-standard outputs that the bids-validator must skip (``.bidsignore``): every
+#: file of these suffixes (data and JSON sidecar), and the app's own folders.
 BIDSIGNORE = (
-    "*_desc-labels_events.tsv",
-    "*_counts.tsv",
-    "*_decoding.json",
-    "*_predictions.tsv",
-    "*_confusion.tsv",
-    "*_null.tsv",
-    "*_statmap.nii.gz",
-    "*_statmap.json",
-    "*_topk.tsv",
-    "*_samples.tsv",
-    "*_umap.tsv",
-    "*_rdm.tsv",
-    "*_statistics.tsv",
+    "*_desc-labels_events.*",
+    *sorted({f"*_{kind.suffix}.*" for name, kind in OUTPUTS.items() if name != "labels"}),
     "*.html",
-    "*/models/",
-    "*/figures/",
-    "*/log/",
-    "logs/",
-    "group/",
+    "sub-*/models",
+    "sub-*/figures",
+    "sub-*/log",
+    "logs",
+    "group",
 )
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")

@@ -64,7 +64,8 @@ def _subset_tree(bids_dir: Path, participants: Sequence[str], work_dir: Path) ->
     for entry in bids_dir.iterdir():
         if entry.name.startswith("sub-") and entry.name not in selected:
             continue
-        if entry.name in ("derivatives", "sourcedata", "code") or entry.name.startswith("."):
+        hidden = entry.name.startswith(".") and entry.name != ".bidsignore"
+        if entry.name in ("derivatives", "sourcedata", "code") or hidden:
             continue
         (tree / entry.name).symlink_to(entry.absolute())
     return tree

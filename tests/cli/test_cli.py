@@ -156,7 +156,10 @@ def test_malformed_config_file_is_64(bids, tmp_path, capsys, content, fragment):
 
 
 def _break_validation(bids):
-    (bids / "task-movie_bold.json").unlink()
+    sidecar = bids / "task-movie_bold.json"
+    content = json.loads(sidecar.read_text())
+    del content["TaskName"]  # required by BIDS, not needed by bids_affect
+    sidecar.write_text(json.dumps(content))
 
 
 def _zero_bytes(bids):
@@ -174,7 +177,9 @@ def _nan_preproc(bids):
     image = nib.load(path)
     data = np.asarray(image.dataobj, np.float32)
     data[5, 6, 5, 10] = np.nan
-    nib.Nifti1Image(data, image.affine, image.header).to_filename(path)
+    header = image.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.Nifti1Image(data, image.affine, header).to_filename(path)
 
 
 @pytest.mark.parametrize("breaker, extra, code, fragments", [
