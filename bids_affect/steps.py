@@ -267,6 +267,215 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
             joblib.dump([joblib.load(path) for path in folds], tmp)
 
 
+# --------------------------------------------------------------------------- occlusion
+
+
+def load_fold_networks(decoding_dir: Path, n_classes: int) -> list:
+    """Each fold's trained CNN (eval mode), with outputs for all ``n_classes`` classes."""
+    from bids_affect.models.classifier import CNN3DClassifier
+    from bids_affect.models.cnn3d import with_all_classes
+
+    networks = []
+    for path in fold_model_paths(decoding_dir):
+        estimator = CNN3DClassifier.load(path)
+        networks.append(with_all_classes(estimator.network_, estimator.classes_,
+                                         n_classes).eval())
+    return networks
+
+
+@step("occlusion")
+def occlusion_step(out_dir: Path, *, samples_dir: Path, decoding_dirs: Sequence[Path],
+                   settings: Mapping[str, Any], seed: int) -> None:
+    """Occlusion maps of one CNN decoder's held-out samples, top voxels and UMAP."""
+    from bids_affect.atlases import is_standard_space
+    from bids_affect.bold import SampleSet
+    from bids_affect.occlusion import (
+        class_occlusion_maps,
+        plot_umap_embeddings,
+        select_samples,
+        top_voxels,
+        umap_embeddings,
+    )
+
+    (decoding_dir,) = decoding_dirs
+    samples = SampleSet.load(samples_dir)
+    metrics, predictions = read_decoding(decoding_dir)
+    classes = metrics["classes"]
+    networks = load_fold_networks(decoding_dir, len(classes))
+    y_true = np.array([classes.index(label) for label in predictions["true"]])
+    selection = select_samples(predictions["fold"].to_numpy() - 1, y_true,
+                               predictions[[f"prob_{c}" for c in classes]].to_numpy(),
+                               threshold=settings["threshold"],
+                               n_per_class=settings["n_per_class"])
+    volumes = samples.volumes[predictions["sample"].to_numpy()]
+    result = class_occlusion_maps(networks, volumes, selection, mask=samples.crop_mask,
+                                  window=settings["window"], stride=settings["stride"],
+                                  precision=settings["precision"])
+    space = samples.manifest["runs"][0].get("space")  # None: raw data in native space
+    atlas = "harvard_oxford" if is_standard_space(space) else None
+    full_mask = np.asarray(samples.mask_img.dataobj) > 0
+    class_maps = {}
+    for k, name in enumerate(classes):
+        if result.maps.get(k) is None:
+            continue
+        image = samples.uncrop(result.maps[k])
+        image.to_filename(out_dir / f"map_{name}.nii.gz")
+        class_maps[name] = np.asarray(image.dataobj)
+        top_k = min(settings["top_k"], int(full_mask.sum()))
+        deriv.write_tsv(out_dir / f"topk_{name}.tsv",
+                        top_voxels(class_maps[name], full_mask, image.affine, k=top_k,
+                                   atlas=atlas, space=space))
+    chosen = [{"class": classes[k], "sample": int(sample), "fold": int(fold) + 1,
+               "run": predictions["run"].iloc[int(sample)],
+               "volume": int(predictions["volume"].iloc[int(sample)]),
+               "probability": float(probability)}
+              for k in range(len(classes))
+              for sample, fold, probability in zip(selection.samples[k], selection.folds[k],
+                                                   selection.probabilities[k])]
+    deriv.write_tsv(out_dir / "samples.tsv", pd.DataFrame(
+        chosen, columns=["class", "sample", "fold", "run", "volume", "probability"]))
+    if len(class_maps) >= 2:
+        embeddings = umap_embeddings(class_maps, full_mask, samples.mask_img.affine,
+                                     k=min(settings["top_k"], int(full_mask.sum())),
+                                     random_state=seed)
+        deriv.write_tsv(out_dir / "umap.tsv", embeddings)
+        plot_umap_embeddings(embeddings, out_dir / "umap.svg")
+    deriv.write_json(out_dir / "occlusion.json", {
+        "model": metrics["model"], "classes": classes, "settings": dict(settings),
+        "seed": seed, "space": space, "atlas": atlas,
+        "n_samples": {classes[k]: n for k, n in result.n_samples.items()},
+        "empty": {classes[k]: reason for k, reason in result.empty.items()},
+        "info": result.info})
+
+
+@step("write_occlusion")
+def write_occlusion_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples_dir: Path,
+                         output_dir: str, subject: str, task: str,
+                         runs: Sequence[Mapping[str, Any]],
+                         provenance: Mapping[str, Any]) -> None:
+    """Write occlusion statmaps, top-k tables, the samples used and the UMAP embedding."""
+    from bids_affect.atlases import atlas_info
+
+    (occlusion_dir,) = decoding_dirs
+    info = _read_json(Path(occlusion_dir) / "occlusion.json")
+    desc = deriv.desc_label(info["model"])
+    sources = _sources(provenance, [run["bold"] for run in runs])
+    atlas = atlas_info(info["atlas"]) if info["atlas"] else None
+    common = dict(parameters={"model": info["model"], **info["settings"]}, seed=info["seed"],
+                  sources=sources)
+    names = dict(output_dir=output_dir, subject=subject, task=task, desc=desc)
+    for name in info["classes"]:
+        statmap = Path(occlusion_dir) / f"map_{name}.nii.gz"
+        label = deriv.desc_label(name)
+        if not statmap.exists():
+            continue
+        deriv.write_with_sidecar(
+            deriv.output_path(kind="occlusion_map", space=info["space"], contrast=label,
+                              **names), nib_load(statmap),
+            deriv.sidecar(Description=f"Occlusion sensitivity for class {name}: mean over "
+                                      "held-out samples of p(class) minus p(class) with a "
+                                      "window occluded",
+                          NumberOfSamples=info["n_samples"][name], Atlas=atlas,
+                          Occlusion=info["info"]["runs"], **common))
+        deriv.write_with_sidecar(
+            deriv.output_path(kind="occlusion_topk", contrast=label, **names),
+            Path(occlusion_dir) / f"topk_{name}.tsv",
+            deriv.sidecar(Description=f"Top voxels of the occlusion map of {name}",
+                          Atlas=atlas, **common))
+    deriv.write_with_sidecar(
+        deriv.output_path(kind="occlusion_samples", **names),
+        Path(occlusion_dir) / "samples.tsv",
+        deriv.sidecar(Description="Held-out samples occluded, per class (each with the model "
+                                  "of the fold that held it out)",
+                      ClassesWithoutSamples=info["empty"], **common))
+    if (Path(occlusion_dir) / "umap.tsv").exists():
+        deriv.write_with_sidecar(
+            deriv.output_path(kind="occlusion_umap", **names), Path(occlusion_dir) / "umap.tsv",
+            deriv.sidecar(Description="UMAP embeddings of the top voxels: spatial (their "
+                                      "coordinates) and functional (their occlusion values "
+                                      "across classes)", **common))
+        figure = deriv.output_path(output_dir, "figure", subject=subject, task=task,
+                                   desc=desc, suffix="umap", extension=".svg")
+        deriv.copy_file(Path(occlusion_dir) / "umap.svg", figure)
+
+
+def nib_load(path: Path):
+    """A NIfTI image fully read into memory (safe to write elsewhere)."""
+    import nibabel as nib
+
+    image = nib.load(path)
+    return nib.Nifti1Image(np.asarray(image.dataobj), image.affine, image.header)
+
+
+# --------------------------------------------------------------------------- rsa
+
+
+@step("rsa")
+def rsa_step(out_dir: Path, *, samples_dir: Path, settings: Mapping[str, Any], seed: int,
+             min_volumes: int, decoding_dirs: Sequence[Path] = ()) -> None:
+    """Brain, CNN and reference RDMs of one subject and their Mantel comparisons."""
+    import torch
+
+    from bids_affect.bold import SampleSet
+    from bids_affect.rsa import compare_rdms_table, compute_rdm, rdm_to_table, read_rdm
+
+    samples = SampleSet.load(samples_dir)
+    index = samples.labelled(min_volumes=min_volumes)
+    table = samples.table.iloc[index]
+    labels = table.label.tolist()
+    classes = sorted(set(labels))
+    rdms = {"brain": compute_rdm(samples.X[index], labels, classes,
+                                 distance=settings["distance"], runs=table.run.tolist())}
+    for decoding_dir in decoding_dirs:
+        metrics, predictions = read_decoding(decoding_dir)
+        networks = load_fold_networks(decoding_dir, len(metrics["classes"]))
+        features = []
+        with torch.no_grad():
+            for sample, fold in zip(predictions["sample"], predictions["fold"]):
+                volume = torch.from_numpy(np.asarray(samples.volumes[int(sample)]))
+                features.append(networks[int(fold) - 1].embed(volume[None, None]).numpy()[0])
+        name = deriv.desc_label(metrics["model"]) + "penultimate"
+        rdms[name] = compute_rdm(np.asarray(features), predictions["true"].tolist(),
+                                 [c for c in classes if c in set(predictions["true"])],
+                                 distance="correlation" if settings["distance"] not in (
+                                     "correlation", "euclidean") else settings["distance"])
+    for name, path in settings.get("references", {}).items():
+        rdms[deriv.desc_label(name)] = read_rdm(path)
+    for name, rdm in rdms.items():
+        deriv.write_tsv(out_dir / f"rdm_{name}.tsv", rdm_to_table(rdm))
+    if len(rdms) > 1:
+        statistics = compare_rdms_table(rdms, methods=settings["methods"],
+                                        n_permutations=settings["n_permutations"],
+                                        random_state=seed)
+        deriv.write_tsv(out_dir / "statistics.tsv", statistics)
+    deriv.write_json(out_dir / "rsa.json", {"rdms": list(rdms), "settings": dict(settings),
+                                            "seed": seed, "classes": classes})
+
+
+@step("write_rsa")
+def write_rsa_step(out_dir: Path, *, decoding_dirs: Sequence[Path], output_dir: str,
+                   subject: str, task: str, runs: Sequence[Mapping[str, Any]],
+                   provenance: Mapping[str, Any], samples_dir: Path | None = None) -> None:
+    """Write every RDM and the table of comparisons."""
+    (rsa_dir,) = decoding_dirs
+    info = _read_json(Path(rsa_dir) / "rsa.json")
+    common = dict(parameters=info["settings"], seed=info["seed"],
+                  sources=_sources(provenance, [r["bold"] for r in runs]))
+    for name in info["rdms"]:
+        deriv.write_with_sidecar(
+            deriv.output_path(output_dir, "rdm", subject=subject, task=task, desc=name),
+            Path(rsa_dir) / f"rdm_{name}.tsv",
+            deriv.sidecar(Description=f"Representational dissimilarity matrix of {name}",
+                          Distance=info["settings"]["distance"], **common))
+    if (Path(rsa_dir) / "statistics.tsv").exists():
+        deriv.write_with_sidecar(
+            deriv.output_path(output_dir, "rsa_statistics", subject=subject, task=task),
+            Path(rsa_dir) / "statistics.tsv",
+            deriv.sidecar(Description="Pairwise RDM comparisons on the upper triangles; p "
+                                      "from Mantel tests (exact enumeration up to 8 classes, "
+                                      "rdm_a permuted)", Alternative="greater", **common))
+
+
 # --------------------------------------------------------------------------- group
 
 

@@ -220,3 +220,38 @@ def deepemotion(n_classes: int, input_shape: tuple[int, int, int]) -> VolumeClas
                          f"got {input_shape}")
     in_features = 64 * pooled[0] * pooled[1] * pooled[2]
     return VolumeClassifier(trunk, FlattenHead(in_features, 128, n_classes, dropout=0.3))
+
+
+def with_all_classes(model: VolumeClassifier, present: Sequence[int],
+                     n_classes: int) -> VolumeClassifier:
+    """A copy of ``model`` whose outputs cover ``n_classes`` classes.
+
+    A fold model trained without some classes has fewer outputs; its output
+    ``j`` is class ``present[j]``. The copy's last linear layer gets one row per
+    class, those of absent classes with zero weights and a bias of -1e4, so
+    their softmax probability is 0 and the present classes keep their values.
+
+    Examples
+    --------
+    >>> model = create_architecture("neuro120fp", 2, (8, 8, 8)).eval()
+    >>> full = with_all_classes(model, [0, 2], 3).eval()
+    >>> x = torch.zeros(1, 1, 8, 8, 8)
+    >>> torch.allclose(full(x)[0, [0, 2]], model(x)[0]), float(full(x).softmax(1)[0, 1])
+    (True, 0.0)
+    """
+    import copy
+
+    present = [int(c) for c in present]
+    full = copy.deepcopy(model)
+    if present == list(range(n_classes)):
+        return full
+    last_name, last = [(name, module) for name, module in full.head.named_modules()
+                       if isinstance(module, nn.Linear)][-1]
+    expanded = nn.Linear(last.in_features, n_classes)
+    with torch.no_grad():
+        expanded.weight.zero_()
+        expanded.bias.fill_(-1e4)
+        expanded.weight[present] = last.weight
+        expanded.bias[present] = last.bias
+    setattr(full.head, last_name, expanded)
+    return full

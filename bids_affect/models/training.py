@@ -110,9 +110,12 @@ DOCS = {
         ``epochs`` by a cosine schedule.
     weight_decay : float
         AdamW's decoupled weight decay (default 1e-4).
-    class_weight : "balanced", None or sequence of float
+    class_weight : "balanced", None, or weights
         Loss weight of each class: ``"balanced"`` (default) weighs class *k* by
-        ``n_train / (n_classes * n_train_k)``; None weighs all equally.
+        ``n_train / (n_classes * n_train_k)``; None weighs all equally; or a
+        mapping class label -> weight (the estimator; unlisted classes weigh 1)
+        or one weight per class code (:class:`TrainingOptions`). The
+        validation loss is weighted alike.
     patience : int or None
         Stop when the validation loss has not improved for this many epochs
         (default 5), then keep the weights of the best epoch; None trains all

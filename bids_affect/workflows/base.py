@@ -159,18 +159,18 @@ def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRec
                 "num_threads": config.nipype.omp_nthreads}
     occlusion = {"window": an.occlusion_window, "stride": an.occlusion_stride,
                  "threshold": an.occlusion_threshold, "n_per_class": an.occlusion_samples,
-                 "precision": an.occlusion_precision, "top_k": an.top_k,
-                 "space": config.execution.space, "device": an.device}
+                 "precision": an.occlusion_precision, "top_k": an.top_k}
     rsa = {"distance": an.rdm_distance, "methods": list(an.rsa_methods),
            "n_permutations": an.rsa_permutations,
-           "references": {name: str(path) for name, path in an.rsa_reference.items()},
-           "device": an.device}
+           "references": {name: str(path) for name, path in an.rsa_reference.items()}}
     cleaning = {"detrend": config.cleaning.detrend, "high_pass": config.cleaning.high_pass,
                 "confounds": config.cleaning.confounds,
                 "standardize": config.cleaning.standardize,
                 "smoothing_fwhm": config.cleaning.smoothing_fwhm}
     provenance = _provenance(config, links)
-    n_jobs = config.nipype.nprocs or os.cpu_count() or 1
+    # Processes a step may use for permutation refits; several steps run at once under
+    # MultiProc, so this follows --omp-nthreads (default 1) rather than --nprocs.
+    n_jobs = config.nipype.omp_nthreads or 1
     for (subject, task), runs in plans.items():
         seeds = {model: derive_seed(master, subject, task, model) for model in an.models}
         seeds.update(occlusion=derive_seed(master, subject, task, "occlusion"),
