@@ -149,7 +149,7 @@ def make_synthetic_dataset(path: str | Path, *, null: bool = False, **params) ->
         func.mkdir(parents=True, exist_ok=True)
         for run, n_vol in enumerate(n_volumes, start=1):
             entities = f"sub-{subject}_task-{p.task}_run-{run}"
-            scenes = make_scenes(n_vol * p.tr + 30.0, p.classes, p.scene_duration,
+            scenes = make_scenes(n_vol * p.tr + (p.start_time or 0.0), p.classes, p.scene_duration,
                                  p.neutral_fraction, rng)
             events_table(scenes, p.classes, rng).to_csv(
                 func / f"{entities}_events.tsv", sep="\t", index=False, na_rep="n/a")

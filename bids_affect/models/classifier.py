@@ -53,6 +53,7 @@ from bids_affect.models.training import (
     fit_network,
     forward_batches,
     resolve_device,
+    reuse_freed_memory,
     torch_threads,
 )
 
@@ -289,7 +290,8 @@ class CNN3DClassifier(ClassifierMixin, BaseEstimator):
                                  f"network was trained on {self.input_shape_}", path="X")
         device = next(self.network_.parameters()).device
         autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
-        with torch_threads(self.num_threads):
+        with (torch_threads(self.num_threads),
+              reuse_freed_memory(self.reuse_memory and device.type == "cpu")):
             return forward_batches(self.network_,
                                    VolumeBatches(volumes, np.arange(len(volumes)),
                                                  self.batch_size),
@@ -329,7 +331,8 @@ class CNN3DClassifier(ClassifierMixin, BaseEstimator):
         >>> set(clf.fit(X, np.arange(30) % 2).predict(X)) <= {0, 1}
         True
         """
-        return self.classes_[np.argmax(self._forward(X), axis=1)]
+        logits = self._forward(X)  # checks fitting before classes_ is read
+        return self.classes_[np.argmax(logits, axis=1)]
 
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Penultimate features of each volume (``network_.embed``), for RSA; float32.

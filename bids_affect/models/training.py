@@ -407,7 +407,7 @@ def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool
     if compile:
         # fallback_random: dropout draws from torch's generator, as in eager mode,
         # so the checkpointed generator state covers it.
-        return torch.compile(model, options={"fallback_random": True})
+        return torch.compile(model, dynamic=False, options={"fallback_random": True})
     return model
 
 
@@ -685,8 +685,10 @@ def blocked_validation_split(n_samples: int, groups: Sequence[Any] | np.ndarray 
     train, validation = [], []
     for code in np.unique(codes):
         positions = np.flatnonzero(codes == code)
-        n_held_out = math.ceil(validation_fraction * len(positions))
-        train.append(positions[:max(0, len(positions) - n_held_out - validation_gap)])
+        # Rounded first: 0.1 * 30 is 3.0000000000000004 in floating point.
+        n_held_out = math.ceil(round(validation_fraction * len(positions), 9))
+        gap = validation_gap if n_held_out else 0
+        train.append(positions[:max(0, len(positions) - n_held_out - gap)])
         validation.append(positions[len(positions) - n_held_out:])
     train_indices = np.sort(np.concatenate(train or [np.zeros(0, np.intp)]))
     val_indices = np.sort(np.concatenate(validation or [np.zeros(0, np.intp)]))

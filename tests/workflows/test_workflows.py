@@ -1,0 +1,147 @@
+"""Participant and group workflows: wiring, resume after a crash, concurrency, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bids_affect.cli.run import main
+from bids_affect.datasets import make_synthetic_dataset
+from bids_affect.workflows.participant import init_participant_wf
+
+FAST = ["--labels", "studyforrest-5", "--models", "ridge", "--n-permutations", "50",
+        "--min-volumes", "5", "--skip-bids-validation", "--nprocs", "1"]
+
+
+@pytest.fixture(scope="module")
+def four_subjects(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("wf") / "bids", n_subjects=4,
+                                  n_runs=3, n_volumes=60, shape=(8, 9, 8), signal=2.0,
+                                  scene_duration=(8.0, 20.0), seed=11)
+
+
+def _node_names(wf):
+    return {node.name for node in wf._graph.nodes()}
+
+
+@pytest.mark.parametrize("analyses, models, expected, absent", [
+    ([], ["ridge"], {"labels", "ds_labels"}, {"samples"}),
+    (["decoding"], ["ridge", "cnn-deepemotion"],
+     {"samples", "decode_ridge", "decode_cnndeepemotion", "ds_decode_ridge"},
+     {"occlusion_cnndeepemotion", "rsa"}),
+    (["occlusion"], ["ridge", "cnn-neuro120fp"],
+     {"decode_cnnneuro120fp", "occlusion_cnnneuro120fp", "ds_occlusion_cnnneuro120fp"},
+     {"decode_ridge"}),
+    (["rsa"], ["ridge", "cnn-neuro120fp"], {"rsa", "ds_rsa", "decode_cnnneuro120fp",
+                                            "merge_cnn_decoders"}, {"decode_ridge"}),
+])
+def test_participant_workflow_wiring(tmp_path, analyses, models, expected, absent):
+    wf = init_participant_wf(
+        subject="01", task="movie", runs=[], output_dir=tmp_path, label_spec={
+            "min_volumes": 20}, cleaning={}, analyses=analyses, models=models, decoding={},
+        occlusion={}, rsa={}, seeds={m: 1 for m in [*models, "occlusion", "rsa"]},
+        provenance={})
+    names = _node_names(wf)
+    assert expected <= names
+    assert not absent & names
+
+
+def test_a_rerun_after_a_crash_resumes_from_the_work_dir(four_subjects, tmp_path,
+                                                          monkeypatch, capsys):
+    from bids_affect import steps
+
+    calls = []
+    original = {name: steps.STEPS[name] for name in ("labels", "samples", "decode")}
+
+    def counting(name):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return original[name](*args, **kwargs)
+        return wrapper
+
+    def crash(*args, **kwargs):
+        calls.append("decode")
+        raise RuntimeError("simulated crash during decoding")
+
+    for name in ("labels", "samples"):
+        monkeypatch.setitem(steps.STEPS, name, counting(name))
+    monkeypatch.setitem(steps.STEPS, "decode", crash)
+    args = [str(four_subjects), str(tmp_path / "out"), "participant", "--participant-label",
+            "01", "-w", str(tmp_path / "work"), *FAST]
+    assert main(args) == 1
+    assert "a workflow step failed" in capsys.readouterr().err
+    assert calls == ["labels", "samples", "decode"]
+    assert not (tmp_path / "out/sub-01/func/sub-01_task-movie_desc-ridge_decoding.json").exists()
+
+    calls.clear()
+    monkeypatch.setitem(steps.STEPS, "decode", counting("decode"))
+    assert main(args) == 0
+    assert calls == ["decode"]  # labels and samples came from the work directory
+    assert (tmp_path / "out/sub-01/func/sub-01_task-movie_desc-ridge_decoding.json").exists()
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and "/log/" not in f"/{p}"
+            and not p.name.endswith(".toml")}
+
+
+def test_same_seed_gives_identical_outputs(four_subjects, tmp_path, capsys):
+    outputs = []
+    for attempt in ("a", "b"):
+        out = tmp_path / attempt / "out"
+        code = main([str(four_subjects), str(out), "participant", "group",
+                     "--participant-label", "02", "-w", str(tmp_path / attempt / "work"),
+                     "--random-seed", "123", "--omp-nthreads", "1",
+                     *FAST, "--models", "ridge,logreg"])
+        assert code == 0, capsys.readouterr().err
+        outputs.append(_tree_hashes(out))
+    assert outputs[0] == outputs[1]
+    assert any(name.endswith("_desc-logreg_decoding.json") for name in outputs[0])
+
+
+def test_four_concurrent_participant_jobs_share_one_output_dir(four_subjects, tmp_path):
+    out, database = tmp_path / "out", tmp_path / "database"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    jobs = [subprocess.Popen([sys.executable, "-m", "bids_affect.cli.run", str(four_subjects),
+                              str(out), "participant", "--participant-label", label, "-w",
+                              str(tmp_path / f"work{label}"), "--bids-database-dir",
+                              str(database), "--analyses", "none", "--labels",
+                              "studyforrest-5", "--nprocs", "1"],
+                             stderr=subprocess.PIPE, text=True, env=env)
+            for label in ("01", "02", "03", "04")]
+    errors = [job.communicate()[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0, 0], errors
+    assert not any("database is locked" in err for err in errors)
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == \
+        "derivative"
+    assert not list(out.rglob(".tmp-*"))
+    for label in ("01", "02", "03", "04"):
+        assert len(list((out / f"sub-{label}/func").glob("*_desc-labels_events.tsv"))) == 3
+    from bids_affect.io.validation import validate_dataset
+
+    assert validate_dataset(out, ["01", "02", "03", "04"], tmp_path / "validation") == []
+
+
+def test_group_level_collects_within_subject_scores(four_subjects, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(four_subjects), str(out), "group"]) == 66
+    assert "run the participant level" in capsys.readouterr().err
+    code = main([str(four_subjects), str(out), "participant", "group", "--participant-label",
+                 "01", "03", "-w", str(tmp_path / "work"), *FAST])
+    assert code == 0, capsys.readouterr().err
+    table = pd.read_csv(out / "group/task-movie_desc-ridge_withinsubject.tsv", sep="\t")
+    assert table.participant_id.tolist() == ["sub-01", "sub-03"]
+    for column in ("balanced_accuracy", "chance_balanced_accuracy", "null_low", "null_high",
+                   "p_permutation", "random_split_balanced_accuracy"):
+        assert table[column].notna().all()
+    assert (table.null_low <= table.chance_balanced_accuracy).all()
+    assert json.loads((out / "group/task-movie_desc-ridge_withinsubject.json").read_text())[
+        "Sources"]
