@@ -51,7 +51,6 @@ import ast
 import json
 import logging
 import re
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1048,7 +1047,8 @@ class SampleSet:
         """Row indices of labelled, uncensored volumes of the classes kept.
 
         Classes with fewer than ``min_volumes`` such volumes are left out with a
-        warning that names them and their counts.
+        logged warning that names them and their counts
+        (:func:`bids_affect.io.annotations.drop_rare_classes`).
 
         Parameters
         ----------
@@ -1068,27 +1068,18 @@ class SampleSet:
         >>> runs = collect_runs(load_layout(root))
         >>> labels = {runs[0].key: ["fear"] * 24 + ["love"] * 3 + [None] * 3}
         >>> samples = build_samples(runs, labels, Path(tempfile.mkdtemp()), confounds="none")
-        >>> import warnings
-        >>> with warnings.catch_warnings(record=True) as caught:
-        ...     warnings.simplefilter("always")
-        ...     rows = samples.labelled(min_volumes=20)
-        >>> len(rows), str(caught[0].message)
-        (24, 'classes with fewer than 20 labelled volumes are left out: love (3)')
+        >>> len(samples.labelled(min_volumes=20))  # love (3 volumes) is left out
+        24
         """
+        from bids_affect.io.annotations import drop_rare_classes
+
         if int(min_volumes) < 0:
             raise UsageError(f"must be 0 or more, got {min_volumes}", path="min_volumes")
         label = self.table["label"]
         usable = label.notna().to_numpy() & ~self.table["censored"].to_numpy(bool)
-        counts = label[usable].value_counts()
-        wanted = sorted(counts.index) if classes is None else list(dict.fromkeys(classes))
-        rare = {name: int(counts.get(name, 0)) for name in wanted
-                if counts.get(name, 0) < min_volumes}
-        if rare:
-            warnings.warn(f"classes with fewer than {min_volumes} labelled volumes are left "
-                          "out: " + ", ".join(f"{name} ({n})" for name, n in rare.items()),
-                          UserWarning, stacklevel=2)
-        kept = [name for name in wanted if name not in rare]
-        return np.flatnonzero(usable & label.isin(kept).to_numpy())
+        kept, _ = drop_rare_classes(np.where(usable, label.to_numpy(object), None),
+                                    int(min_volumes), classes)
+        return np.flatnonzero(pd.notna(kept))
 
     def unmask(self, values: np.ndarray) -> nib.Nifti1Image:
         """Put one value per mask voxel (or ``(k, n_voxels)`` maps) back on the full grid.

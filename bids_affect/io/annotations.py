@@ -791,7 +791,9 @@ def count_labels(labels_by_run: Mapping[str, np.ndarray],
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
 
 
-def drop_rare_classes(labels: np.ndarray, min_volumes: int) -> tuple[np.ndarray, dict[str, int]]:
+def drop_rare_classes(labels: np.ndarray, min_volumes: int,
+                      classes: Sequence[str] | None = None
+                      ) -> tuple[np.ndarray, dict[str, int]]:
     """Unlabel the classes with fewer than ``min_volumes`` volumes (one subject's labels).
 
     Applied where an analysis builds its samples; the labels files keep every label.
@@ -802,6 +804,8 @@ def drop_rare_classes(labels: np.ndarray, min_volumes: int) -> tuple[np.ndarray,
         Class name or ``None`` per volume, over all runs of one subject.
     min_volumes : int
         Fewest volumes a class needs.
+    classes : sequence of str, optional
+        Keep only these classes; one with fewer volumes (even none) is reported too.
 
     Returns
     -------
@@ -819,8 +823,11 @@ def drop_rare_classes(labels: np.ndarray, min_volumes: int) -> tuple[np.ndarray,
     (['fear', 'fear', 'fear', None, None], {'love': 1})
     """
     counts = pd.Series(labels, dtype=object).value_counts(dropna=True)
-    dropped = {str(name): int(count) for name, count in counts.items() if count < min_volumes}
     kept = np.array(labels, dtype=object, copy=True)
+    if classes is not None:
+        kept[~pd.Series(kept, dtype=object).isin(list(classes)).to_numpy()] = None
+        counts = counts.reindex(list(dict.fromkeys(classes)), fill_value=0)
+    dropped = {str(name): int(count) for name, count in counts.items() if count < min_volumes}
     if dropped:
         kept[pd.Series(kept, dtype=object).isin(list(dropped)).to_numpy()] = None
         logger.warning("classes with fewer than %d labelled volumes are left out: %s",

@@ -20,18 +20,22 @@ Resuming
     never interrupted (same thread count). A checkpoint of another fit is
     ignored and overwritten.
 
-Speed on CPU (``neuro120fp``, 80x80x35 volumes, batch 16, 2 threads; figures in
-``benchmarks/results/cnn_throughput.json``)
+Speed on CPU (``neuro120fp``, 80x80x35 volumes, batch 16, 2 threads; measured by
+``benchmarks/bench_cnn_throughput.py``, figures in ``benchmarks/results/cnn_throughput.json``)
     Most of the time goes into memory traffic at full resolution: every
     activation of the first layers is a tensor of 0.5-1 GB. The C library
     hands such blocks back to the kernel when they are freed and the next step
-    page-faults them in again, so half the CPU time was spent in the kernel.
+    page-faults them in again: more than half of the CPU time went to that.
     :func:`reuse_freed_memory` keeps freed memory in the process during
-    training (results unchanged, bit for bit). ``torch.compile`` fuses batch
-    norm and activations (about 1.5x more, after a compilation of a minute or
-    two, so ``compile="auto"`` compiles only fits long enough to repay it).
-    ``channels_last`` (3D depthwise convolutions train slowly in that layout
-    here) and bf16 autocast (no bf16 arithmetic on this CPU) are options only.
+    training: 2.1-2.5x the plain loop's throughput, results unchanged bit for
+    bit, but 4 GB more peak memory. ``torch.compile`` fuses batch norm and
+    activations: 1.1-1.2x alone, 0-20% more on top of memory reuse (within
+    the noise of a shared machine), and it brings the peak memory back to the
+    plain loop's; results equal up to rounding; about 35 s of compilation per
+    batch size, so ``compile="auto"`` compiles only fits long enough to repay
+    it. Both together (the defaults): 2.3-2.7x. ``channels_last`` (0.9-1.0x)
+    and bf16 autocast (0.4x: this CPU has no bf16 arithmetic) are options
+    only; one inter-op thread instead of two changes nothing.
 
 Randomness
     :func:`fit_network` works inside ``torch.random.fork_rng()``: it seeds
@@ -90,7 +94,7 @@ PRECISIONS = ("fp32", "bf16")
 #: Values of the ``compile`` option besides True and False.
 COMPILE_CHOICES = ("auto", True, False)
 #: ``compile="auto"`` compiles when epochs x training samples x voxels reaches this:
-#: about 5 minutes of eager training on 2 CPU cores, against 1-2 minutes of compilation.
+#: about 5 minutes of training on 2 CPU cores, against about a minute of compilation.
 COMPILE_AUTO_MIN_VOXEL_PASSES = 2e8
 
 CHECKPOINT_FORMAT = "bids_affect.cnn_checkpoint"
@@ -124,20 +128,25 @@ DOCS = {
         Where to train: "auto" (default) takes a CUDA GPU when there is one.
     precision : {"fp32", "bf16"}
         "fp32" (default), or bfloat16 autocast: faster on GPUs and on CPUs with
-        bf16 instructions (AVX512-BF16, AMX), 5x slower on CPUs without.
+        bf16 instructions (AVX512-BF16, AMX), 2.7x slower on CPUs without.
     channels_last : bool
-        Train in the ``channels_last_3d`` memory format (default False: 4x
-        slower for the depthwise convolutions of ``neuro120fp`` on CPU).
+        Train in the ``channels_last_3d`` memory format (default False: no
+        faster for ``neuro120fp`` on CPU, whose 3D depthwise convolutions
+        train slowly in that layout).
     compile : "auto" or bool
-        Train through ``torch.compile``: about 1.5x faster on CPU after a
-        compilation of 1-2 minutes. "auto" (default) compiles when epochs x
-        training samples x voxels reaches ``COMPILE_AUTO_MIN_VOXEL_PASSES``.
-        Falls back to eager training, with a warning, when compilation fails
-        (e.g. no C++ compiler).
+        Train through ``torch.compile``: 1.1-1.2x faster on CPU, with less
+        peak memory, after about 35 s of compilation per batch size (80x80x35,
+        2 cores); results equal up to rounding. "auto" (default) compiles when
+        epochs x training samples x voxels reaches
+        ``COMPILE_AUTO_MIN_VOXEL_PASSES`` (about 5 minutes of training). Falls
+        back to eager training, with a warning, when compilation fails (e.g.
+        no C++ compiler).
     reuse_memory : bool
         Keep freed CPU memory in the process while training (default True; see
-        :func:`reuse_freed_memory`). Twice as fast on CPU, same results, at the
-        price of a higher peak of resident memory.
+        :func:`reuse_freed_memory`): 2.1-2.5x faster on CPU, same results bit
+        for bit, at the price of a higher peak of resident memory (11 GB
+        instead of 6.5 for batches of 16 volumes of 80x80x35; 7 GB when
+        compiled).
     num_threads : int or None
         Threads of torch's CPU operations while fitting (restored afterwards);
         None (default) keeps torch's setting (``OMP_NUM_THREADS``).""",
@@ -406,7 +415,9 @@ def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool
         model.to(memory_format=torch.channels_last_3d)
     if compile:
         # fallback_random: dropout draws from torch's generator, as in eager mode,
-        # so the checkpointed generator state covers it.
+        # so the checkpointed generator state covers it (and the masks are eager's).
+        # dynamic=False: one static graph per batch size (the full batches and
+        # the last, smaller one), instead of a slower dynamic graph for both.
         return torch.compile(model, dynamic=False, options={"fallback_random": True})
     return model
 

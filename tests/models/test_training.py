@@ -400,6 +400,8 @@ def test_failed_compilation_falls_back_to_eager_training(data, monkeypatch):
 
 
 @pytest.mark.slow
+# Raised by torch's own modules that inductor imports.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compiled_training_matches_eager_training(data):
     """torch.compile (about a minute to compile here) changes results only by rounding."""
     volumes, labels, train, validation = data
@@ -414,6 +416,8 @@ def test_compiled_training_matches_eager_training(data):
     for a, b in zip(fits[False].history, fits[True].history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
-    eager, compiled = fits[False].model.state_dict(), fits[True].model.state_dict()
-    for name in eager:
-        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-3, atol=1e-4)
+    batches = VolumeBatches(volumes, np.arange(len(volumes)), 16)
+    eager, compiled = (training.forward_batches(fits[c].model, batches, torch.device("cpu"))
+                       for c in (False, True))
+    np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-3)
+    assert np.array_equal(compiled.argmax(axis=1), eager.argmax(axis=1))
