@@ -302,10 +302,10 @@ def occlusion_step(out_dir: Path, *, samples_dir: Path, decoding_dirs: Sequence[
     metrics, predictions = read_decoding(decoding_dir)
     classes = metrics["classes"]
     networks = load_fold_networks(decoding_dir, len(classes))
-    y_true = np.array([classes.index(label) for label in predictions["true"]])
+    y_true = predictions["true"].astype(str).to_numpy()
     selection = select_samples(predictions["fold"].to_numpy() - 1, y_true,
                                predictions[[f"prob_{c}" for c in classes]].to_numpy(),
-                               threshold=settings["threshold"],
+                               classes=classes, threshold=settings["threshold"],
                                n_per_class=settings["n_per_class"])
     volumes = samples.volumes[predictions["sample"].to_numpy()]
     result = class_occlusion_maps(networks, volumes, selection, mask=samples.crop_mask,
@@ -315,23 +315,24 @@ def occlusion_step(out_dir: Path, *, samples_dir: Path, decoding_dirs: Sequence[
     atlas = "harvard_oxford" if is_standard_space(space) else None
     full_mask = np.asarray(samples.mask_img.dataobj) > 0
     class_maps = {}
-    for k, name in enumerate(classes):
-        if result.maps.get(k) is None:
+    for name in classes:
+        if result.maps.get(name) is None:
             continue
-        image = samples.uncrop(result.maps[k])
+        image = samples.uncrop(result.maps[name])
         image.to_filename(out_dir / f"map_{name}.nii.gz")
         class_maps[name] = np.asarray(image.dataobj)
         top_k = min(settings["top_k"], int(full_mask.sum()))
         deriv.write_tsv(out_dir / f"topk_{name}.tsv",
                         top_voxels(class_maps[name], full_mask, image.affine, k=top_k,
                                    atlas=atlas, space=space))
-    chosen = [{"class": classes[k], "sample": int(sample), "fold": int(fold) + 1,
+    chosen = [{"class": name, "sample": int(sample), "fold": int(fold) + 1,
                "run": predictions["run"].iloc[int(sample)],
                "volume": int(predictions["volume"].iloc[int(sample)]),
                "probability": float(probability)}
-              for k in range(len(classes))
-              for sample, fold, probability in zip(selection.samples[k], selection.folds[k],
-                                                   selection.probabilities[k])]
+              for name in classes
+              for sample, fold, probability in zip(selection.samples[name],
+                                                   selection.folds[name],
+                                                   selection.probabilities[name])]
     deriv.write_tsv(out_dir / "samples.tsv", pd.DataFrame(
         chosen, columns=["class", "sample", "fold", "run", "volume", "probability"]))
     if len(class_maps) >= 2:
@@ -343,8 +344,7 @@ def occlusion_step(out_dir: Path, *, samples_dir: Path, decoding_dirs: Sequence[
     deriv.write_json(out_dir / "occlusion.json", {
         "model": metrics["model"], "classes": classes, "settings": dict(settings),
         "seed": seed, "space": space, "atlas": atlas,
-        "n_samples": {classes[k]: n for k, n in result.n_samples.items()},
-        "empty": {classes[k]: reason for k, reason in result.empty.items()},
+        "n_samples": dict(result.n_samples), "empty": dict(result.empty),
         "info": result.info})
 
 

@@ -389,7 +389,10 @@ class SourceResolver:
     def uri(self, path: Path | str) -> str:
         """``bids:NAME:relative/path`` (``bids::...`` for the name ``""``), else the path."""
         path = Path(path).absolute()
-        for name, root in self.links.items():
+        # The deepest root first: fMRIPrep outputs inside bids_dir/derivatives/ are
+        # named by their own dataset, not as raw files.
+        for name, root in sorted(self.links.items(),
+                                 key=lambda item: -len(Path(item[1]).absolute().parts)):
             with contextlib.suppress(ValueError):
                 return f"bids:{name}:{path.relative_to(Path(root).absolute()).as_posix()}"
         return path.as_posix()

@@ -440,7 +440,9 @@ class VolumeBatches:
     indices : array of int
         The samples to serve.
     batch_size : int
-        Samples per batch; the last batch may be smaller.
+        Samples per batch; the last batch may be smaller. When shuffling
+        (training), a last batch of one sample joins the batch before it: batch
+        norm cannot train on a single sample whose feature maps are 1x1x1.
     y : array of int, optional
         Class codes ``0..K-1`` of all ``n`` samples; batches then carry targets.
     generator : numpy.random.Generator, optional
@@ -461,6 +463,9 @@ class VolumeBatches:
     >>> X = np.zeros((5, 4, 4, 4), dtype=np.float32)
     >>> [tuple(x.shape) for x, _ in VolumeBatches(X, np.arange(5), batch_size=2)]
     [(2, 1, 4, 4, 4), (2, 1, 4, 4, 4), (1, 1, 4, 4, 4)]
+    >>> shuffled = VolumeBatches(X, np.arange(5), 2, generator=np.random.default_rng(0))
+    >>> [len(x) for x, _ in shuffled]
+    [2, 3]
     """
 
     def __init__(self, X: np.ndarray, indices: np.ndarray, batch_size: int,
@@ -473,14 +478,22 @@ class VolumeBatches:
         self.generator = generator
         self.channels_last = channels_last
 
+    def _starts(self) -> list[int]:
+        starts = list(range(0, len(self.indices), self.batch_size))
+        if self.generator is not None and len(starts) > 1 and \
+                len(self.indices) - starts[-1] == 1:
+            starts.pop()
+        return starts
+
     def __len__(self) -> int:
-        return math.ceil(len(self.indices) / self.batch_size)
+        return len(self._starts())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         order = (self.indices if self.generator is None
                  else self.generator.permutation(self.indices))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+        starts = self._starts()
+        for start, stop in zip(starts, [*starts[1:], len(order)]):
+            batch = order[start:stop]
             inputs = torch.from_numpy(np.ascontiguousarray(self.X[batch], dtype=np.float32))
             inputs = inputs.unsqueeze(1)
             if self.channels_last:

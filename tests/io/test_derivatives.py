@@ -144,3 +144,11 @@ def test_find_outputs_reads_entities_back(tmp_path):
     found = deriv.find_outputs(tmp_path, "decoding")
     assert [f.entities["subject"] for f in found] == ["01", "02"]
     assert found[0].entities["desc"] == "ridge"
+
+
+def test_sources_name_the_deepest_dataset(tmp_path):
+    resolver = deriv.SourceResolver({"raw": tmp_path, "fmriprep": tmp_path / "derivatives/fp"})
+    assert resolver.uri(tmp_path / "derivatives/fp/sub-01/x.nii.gz") == \
+        "bids:fmriprep:sub-01/x.nii.gz"
+    assert resolver.uri(tmp_path / "sub-01/func/y.tsv") == "bids:raw:sub-01/func/y.tsv"
+    assert resolver.uri("/elsewhere/z.tsv") == "/elsewhere/z.tsv"

@@ -421,3 +421,18 @@ def test_compiled_training_matches_eager_training(data):
                        for c in (False, True))
     np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-3)
     assert np.array_equal(compiled.argmax(axis=1), eager.argmax(axis=1))
+
+
+def test_a_single_last_training_sample_joins_the_previous_batch():
+    from bids_affect.models.cnn3d import create_architecture
+    from bids_affect.models.training import VolumeBatches
+
+    X = np.zeros((9, 8, 8, 8), np.float32)
+    batches = VolumeBatches(X, np.arange(9), 4, y=np.zeros(9, int),
+                            generator=np.random.default_rng(0))
+    sizes = [len(x) for x, _ in batches]
+    assert sizes == [4, 5] and len(batches) == 2
+    # neuro120fp's 1x1x1 feature maps cannot be batch-normalised over one sample
+    model = create_architecture("neuro120fp", 2, (8, 8, 8)).train()
+    for inputs, _ in batches:
+        model(inputs)
