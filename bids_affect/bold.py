@@ -51,7 +51,7 @@ import ast
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -61,6 +61,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from bids_affect._docs import doc_filler
 from bids_affect.exceptions import InputDataError, InputMissingError, UsageError
 from bids_affect.io.derivatives import (
     atomic_path,
@@ -117,14 +118,6 @@ _CLEANING_DOC = """detrend : bool
         Gaussian smoothing (FWHM, mm) of each volume before masking."""
 
 
-def _fill_doc(func: Callable) -> Callable:
-    """Paste the shared parameter descriptions into ``func``'s docstring."""
-    strategies = ", ".join(f'"{name}"' for name in CONFOUND_STRATEGIES)
-    func.__doc__ = (func.__doc__ or "").replace(
-        "%(cleaning)s", _CLEANING_DOC.replace("%(strategies)s", strategies))
-    return func
-
-
 # --------------------------------------------------------------------------- confounds
 
 
@@ -176,6 +169,10 @@ CONFOUND_STRATEGIES: Mapping[str, ConfoundStrategy] = MappingProxyType({
                          strategy=("high_pass", "motion", "compcor"), motion="full",
                          compcor="anat_combined", n_compcor="all"),
 })
+
+
+_fill_doc = doc_filler({"cleaning": _CLEANING_DOC.replace(
+    "%(strategies)s", ", ".join(f'"{name}"' for name in CONFOUND_STRATEGIES))})
 
 
 def list_confound_strategies() -> dict[str, str]:

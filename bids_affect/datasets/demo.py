@@ -16,13 +16,15 @@ from bids_affect.datasets.synthetic import make_synthetic_dataset
 
 #: The demo dataset: 2 subjects, 3 runs of 5 minutes, a coarse MNI-like grid.
 DEMO_DATASET = dict(n_subjects=2, n_runs=3, n_volumes=150, shape=(16, 19, 16), tr=2.0,
-                    signal=1.0, noise=1.0, seed=2026)
+                    signal=2.0, noise=1.0, seed=2026)
 
-#: The demo's analyses: linear decoders, a small CNN with occlusion, and RSA.
+#: The demo's analyses: a ridge decoder (1,000 permutations), a small CNN with few
+#: epochs and permutations (each permutation retrains it; a real study uses more),
+#: its occlusion maps, and RSA.
 DEMO_ARGUMENTS = ("--labels", "studyforrest-5", "--analyses", "decoding,occlusion,rsa",
-                  "--models", "ridge,logreg,cnn-neuro120fp", "--epochs", "8",
-                  "--n-permutations-cnn", "4", "--occlusion-samples", "3", "--top-k", "50",
-                  "--random-seed", "2026")
+                  "--models", "ridge,cnn-neuro120fp", "--epochs", "5",
+                  "--n-permutations-cnn", "2", "--occlusion-samples", "3",
+                  "--occlusion-threshold", "0.5", "--top-k", "50", "--random-seed", "2026")
 
 
 def make_demo_dataset(folder: Path) -> Path:

@@ -46,18 +46,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from functools import cache
 from importlib import resources
 from numbers import Integral
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bids_affect._docs import doc_filler
 from bids_affect.exceptions import InputDataError, InputMissingError, UsageError
 
 logger = logging.getLogger("bids_affect.annotations")
@@ -96,13 +97,7 @@ _DOCS = {
         keyed by a run name such as ``"run-1"``.""",
 }
 
-_Documented = TypeVar("_Documented", bound=Callable[..., Any])
-
-
-def _fill_doc(function: _Documented) -> _Documented:
-    """Paste the shared parameter descriptions of ``_DOCS`` into a docstring."""
-    function.__doc__ = function.__doc__ % _DOCS
-    return function
+_fill_doc = doc_filler(_DOCS)
 
 
 # ---------------------------------------------------------------------------------------

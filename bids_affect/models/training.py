@@ -80,6 +80,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bids_affect._docs import doc_filler
 from bids_affect.exceptions import InputDataError, UsageError
 from bids_affect.io.derivatives import atomic_path
 from bids_affect.models.cnn3d import create_architecture, list_architectures
@@ -153,22 +154,8 @@ DOCS = {
 }
 
 
-def fill_doc(function: Callable) -> Callable:
-    """Paste the shared parameter descriptions of :data:`DOCS` into a docstring.
-
-    Examples
-    --------
-    >>> @fill_doc
-    ... def f():
-    ...     '''%(training_options)s'''
-    >>> "cosine" in f.__doc__
-    True
-    """
-    doc = function.__doc__ or ""
-    for key, text in DOCS.items():
-        doc = doc.replace(f"%({key})s", text)
-    function.__doc__ = doc
-    return function
+#: Decorator pasting the shared parameter descriptions of :data:`DOCS`.
+fill_doc = doc_filler(DOCS)
 
 
 # --------------------------------------------------------------------------- options

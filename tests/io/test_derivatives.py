@@ -122,7 +122,7 @@ def test_dataset_description_and_top_level_files(tmp_path, monkeypatch):
     assert generated["CodeURL"].startswith("https://")
     assert generated["Container"]["Type"] == "docker"
     assert description["SourceDatasets"][0]["DOI"] == "10.1/x"
-    assert "*_decoding.json" in (out / ".bidsignore").read_text()
+    assert "*_decoding.*" in (out / ".bidsignore").read_text()
     assert "bids_affect" in (out / "logs" / "CITATION.md").read_text()
 
 
