@@ -43,17 +43,18 @@ import argparse
 import copy
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+# benchmarks/ is sys.path[0] when this script runs.
+from _common import machine, write_report
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "cnn_throughput.json"
 VARIANTS = ("plain", "channels_last", "bf16", "compile", "reuse_memory", "interop_1",
@@ -62,17 +63,6 @@ SHAPE = (80, 80, 35)
 N_CLASSES = 5
 SEED = 2026
 PROBE_SIZE = 8
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------- worker
@@ -221,19 +211,8 @@ def summarise(results: dict[str, dict], batch_size: int) -> None:
 
 
 def environment(args: argparse.Namespace) -> dict:
-    import torch
-
-    from bids_affect import __version__
-
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores_available": len(os.sched_getaffinity(0)),
-        "torch": str(torch.__version__),
-        "bids_affect": __version__,
+        **machine(("torch", "numpy", "bids_affect")),
         "threads": args.threads,
         "architecture": "neuro120fp",
         "input_shape": list(SHAPE),
@@ -241,7 +220,6 @@ def environment(args: argparse.Namespace) -> dict:
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "max_seconds_per_variant": args.max_seconds,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "timing": ("volumes_per_s: batch / fastest timed step; ratio: that relative to "
                    "plain; ratio_median: the same from median steps; ratio_cpu: from CPU "
                    "seconds of all threads; extra_first_step_s: first step minus a median "
@@ -284,7 +262,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{record['peak_rss_gb']:.1f} GB", flush=True)
     summarise(results, args.batch_size)
     report["variants"] = results
-    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if "default" in results and "ratio" in results["default"]:
         report["default_speedup"] = round(results["default"]["ratio"], 3)
         report["goal"] = 1.5
@@ -296,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{record['ratio_cpu']:.2f})  probe max |diff| "
                   f"{record['probe_max_abs_diff']:.2e}, argmax agreement "
                   f"{record['probe_argmax_agreement']:.2f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written to {args.output}")
+    write_report(report, args.output)
     return 0
 
 

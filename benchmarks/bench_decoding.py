@@ -37,7 +37,9 @@ RESULTS = HERE / "results" / "decoding.json"
 ANNOTATIONS = HERE.parent.parent / "shared" / "data" / "studyforrest-emotions"
 sys.path.insert(0, str(HERE))
 
+# benchmarks/ is sys.path[0] when this script runs (and HERE is put first above anyway).
 import bench_samples  # noqa: E402  (the dataset writer of the samples benchmark)
+from _common import machine, write_report  # noqa: E402
 
 
 def bids_dataset(folder: Path) -> Path:
@@ -150,17 +152,17 @@ def main() -> None:
     args = parser.parse_args()
     import threadpoolctl
 
+    results = machine(("bids_affect", "numpy", "scikit-learn", "nilearn", "threadpoolctl"))
     root = bids_dataset(args.data_dir)
-    results = {"threads": threadpoolctl.threadpool_info()[0].get("num_threads")
-               if threadpoolctl.threadpool_info() else None}
+    results["threads"] = (threadpoolctl.threadpool_info()[0].get("num_threads")
+                          if threadpoolctl.threadpool_info() else None)
     if not args.skip_end_to_end:
         results["end_to_end"] = end_to_end(root, args.work_dir)
     results["ridge_null"] = ridge_null(args.work_dir)
-    results["command"] = "python benchmarks/bench_decoding.py"
-    RESULTS.parent.mkdir(exist_ok=True)
+    # Merged into the previous report: --skip-end-to-end keeps its end_to_end.
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+    write_report({**previous, **results}, RESULTS)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# benchmarks/ is sys.path[0] when this script runs.
+from _common import machine, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "index.json"
 
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=100)
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args()
+    report = machine(("bids_affect", "pybids"))
     from bids_affect.datasets import make_synthetic_dataset
 
     folder = args.data_dir or Path(tempfile.mkdtemp(prefix="bench_index_"))
@@ -73,17 +76,14 @@ def main() -> None:
     reuse = [timed_job(root, database) for _ in range(3)]
     memory = timed_job(root, None)
     results = {
-        "subjects": args.subjects, "files": n_files,
+        **report, "subjects": args.subjects, "files": n_files,
         "index_with_new_database_s": round(index, 2),
         "reuse_database_s": round(min(reuse), 2),
         "no_database_s": round(memory, 2),
         "reuse_over_index_ratio": round(min(reuse) / index, 3),
-        "python": platform.python_version(),
-        "command": "python benchmarks/bench_index.py --subjects " + str(args.subjects),
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+    write_report(results, RESULTS)
 
 
 if __name__ == "__main__":

@@ -24,19 +24,18 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+# benchmarks/ is sys.path[0] when this script runs.
+from _common import machine, write_report
 from scipy.spatial.distance import pdist, squareform
 
 from bids_affect import rsa
@@ -118,18 +117,11 @@ def environment() -> dict:
 
     packages = ("numpy", "scipy", "pandas", "scikit-bio", "numba", "bids_affect")
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "versions": {name: version(name) for name in packages},
-        "cores_available": len(os.sched_getaffinity(0)),
+        **machine(packages),
         "threads_ours": {"n_jobs=-1": len(os.sched_getaffinity(0)), "n_jobs=1": 1},
         "threads_skbio": "OpenMP default: OMP_NUM_THREADS, else every core",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "skbio_default_engine": skbio.get_config("compute_engine"),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -159,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"ratio {record['ratio_ours_all_cores_to_skbio_default']:.2f} "
                   f"(CPU {record['cpu_ratio_ours_all_cores_to_skbio_default']:.2f})  "
                   f"same p: {record['same_p']}", flush=True)
-    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written to {args.output}")
+    write_report(report, args.output)
     return 0
 
 

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# benchmarks/ is sys.path[0] when this script runs.
+from _common import machine, write_report
 
 from bids_affect.datasets.synthetic import MNI_BRAIN_BOX, brain_mask
 from bids_affect.models.cnn3d import create_architecture
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                         default=Path(__file__).parent / "results" / "occlusion.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_at_start = list(os.getloadavg())
+    report = machine(("torch", "numpy", "captum", "nilearn", "bids_affect"))
 
     affine = grid_affine_mm(SHAPE, VOXEL_MM)
     mask = brain_mask(SHAPE, affine)
@@ -138,13 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     captum_per_window = captum_seconds / n_block
     result = {
-        "command": " ".join(["python", "benchmarks/bench_occlusion.py", *argv]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "load_average_1_5_15_start": load_at_start,
-                    "load_average_1_5_15_end": list(os.getloadavg())},
+        **report,
+        "threads": torch.get_num_threads(),
         "setup": {"model": "neuro120fp, random weights, batch-norm statistics of 4 random "
                            "volumes, last layer scaled to logits of standard deviation 2, "
                            "eval mode", "n_classes": N_CLASSES, "shape": SHAPE,
@@ -182,9 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "max_abs_difference_to_float32": float(
                          np.abs(bf16.maps - ours.maps).max())},
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    write_report(result, args.output)
     return result
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -49,6 +48,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+
+# benchmarks/ is sys.path[0] when this script runs.
+from _common import machine, write_report
 
 #: Volumes per run of the StudyForrest movie runs (3T, 3,599 in total).
 RUN_LENGTHS = (451, 441, 438, 488, 462, 439, 542, 338)
@@ -245,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(args.worker, args.data_dir, args.work_dir, args.mask, args.result)
         return 0
 
+    environment = machine(("bids_affect", "numpy", "scipy", "pandas", "scikit-learn",
+                           "nibabel", "nilearn"))
     temporary = tempfile.TemporaryDirectory(prefix="bench_samples_")
     data_dir = args.data_dir or Path(temporary.name) / "data"
     work_dir = args.work_dir or Path(temporary.name) / "work"
@@ -252,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_dataset(data_dir)
         from bids_affect.bold import subject_mask
-        from bids_affect.io.derivatives import software_versions
 
         mask = work_dir / "mask.nii.gz"
         subject_mask(benchmark_runs(data_dir)).to_filename(mask)
@@ -266,19 +269,14 @@ def main(argv: list[str] | None = None) -> int:
         measured = {name: summarise(values) for name, values in trials.items()}
         on_disk = sum(p.stat().st_size for p in data_dir.rglob("*_bold.nii.gz"))
         report: dict[str, Any] = {
+            **environment,
             "benchmark": "bids_affect.bold.build_samples vs NiftiMasker on the whole series",
-            "command": " ".join(["python", "benchmarks/bench_samples.py",
-                                 *(argv if argv is not None else sys.argv[1:])]),
             "dataset": {**dataset_parameters(), "n_volumes": sum(RUN_LENGTHS),
                         "n_mask_voxels": int(nib.load(mask).get_fdata().sum()),
                         "bold_on_disk_mib": round(on_disk / 2**20, 1)},
             "cleaning": {"detrend": True, "high_pass_hz": HIGH_PASS, "filter": "butterworth",
                          "standardize": "zscore_sample", "confounds": "none", "t_r": TR},
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version(),
-                        "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
             "repeats": args.repeats,
-            "software": software_versions(),
             "approaches": measured,
         }
         if "ours" in measured and "naive" in measured:
@@ -289,9 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         if "ours" in measured and "naive_vectorised" in measured:
             report["ratios_ours_over_naive_vectorised"] = ratios(measured["ours"],
                                                                  measured["naive_vectorised"])
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2))
+        write_report(report, args.output)
     finally:
         temporary.cleanup()
     return 0

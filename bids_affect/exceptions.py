@@ -130,7 +130,7 @@ def error_from_traceback(text: str) -> BidsAffectError | None:
 
     Examples
     --------
-    >>> error_from_traceback("...\nbids_affect.exceptions.UsageError: bad flag").exit_code
+    >>> error_from_traceback("...\\nbids_affect.exceptions.UsageError: bad flag").exit_code
     64
     """
     matches = [m for m in _TRACEBACK_ERROR.finditer(text) if m.group(1) in ERRORS_BY_NAME]

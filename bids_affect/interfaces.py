@@ -32,6 +32,8 @@ class _RunStepInputSpec(BaseInterfaceInputSpec):
     samples_dir = Directory(exists=True, desc="output folder of the samples step")
     decoding_dirs = InputMultiObject(Directory(exists=True),
                                      desc="output folders of decoding steps")
+    progress_label = traits.Str(nohash=True, desc="what progress lines name (e.g. "
+                                                  "'sub-01 decode_ridge')")
 
 
 class _RunStepOutputSpec(TraitedSpec):
@@ -48,6 +50,7 @@ class RunStep(SimpleInterface):
     can_resume = True
 
     def _run_interface(self, runtime):
+        from bids_affect import progress
         from bids_affect.steps import STEPS
 
         out_dir = Path(runtime.cwd) / "result"
@@ -59,6 +62,8 @@ class RunStep(SimpleInterface):
                 kwargs[name] = Path(value)
         if isdefined(self.inputs.decoding_dirs):
             kwargs["decoding_dirs"] = [Path(p) for p in self.inputs.decoding_dirs]
-        STEPS[self.inputs.step](out_dir, **kwargs)
+        label = self.inputs.progress_label if isdefined(self.inputs.progress_label) else ""
+        with progress.context(label or self.inputs.step):
+            STEPS[self.inputs.step](out_dir, **kwargs)
         self._results["out_dir"] = str(out_dir)
         return runtime

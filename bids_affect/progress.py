@@ -20,11 +20,39 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 LOGGER = logging.getLogger("bids_affect.progress")
 
+#: Log level of progress lines and milestones: above INFO, so that batch jobs show them
+#: without ``-v`` (fMRIPrep's "IMPORTANT" level).
+IMPORTANT = 25
+logging.addLevelName(IMPORTANT, "IMPORTANT")
+
 T = TypeVar("T")
+
+_CONTEXT: ContextVar[tuple[str, ...]] = ContextVar("bids_affect_progress", default=())
+
+
+@contextmanager
+def context(label: str) -> Iterator[None]:
+    """Name what is being done (``sub-01 decode_ridge``, ``fold run-2``) in progress lines.
+
+    Contexts nest; parallel jobs on one terminal or log thus tell their lines apart.
+
+    Examples
+    --------
+    >>> with context("sub-01"), context("fold run-2"):
+    ...     Progress(3, desc="CNN epochs").desc
+    'sub-01 · fold run-2 · CNN epochs'
+    """
+    token = _CONTEXT.set((*_CONTEXT.get(), str(label)))
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
 
 
 def stderr_is_terminal() -> bool:
@@ -55,7 +83,7 @@ class Progress:
     def __init__(self, total: int, desc: str = "", interval: float = 30.0,
                  bar: bool | None = None, logger: logging.Logger | None = None):
         self.total = int(total)
-        self.desc = desc
+        self.desc = " · ".join((*_CONTEXT.get(), desc) if desc else _CONTEXT.get())
         self.interval = float(interval)
         self.use_bar = stderr_is_terminal() if bar is None else bool(bar)
         self.logger = logger or LOGGER
@@ -70,7 +98,7 @@ class Progress:
 
             self._bar = tqdm(total=self.total, desc=self.desc, file=sys.stderr, leave=False)
         else:
-            self.logger.info("%s: 0/%d", self.desc, self.total)
+            self.logger.log(IMPORTANT, "%s: 0/%d", self.desc, self.total)
         return self
 
     def update(self, n: int = 1, **status: object) -> None:
@@ -84,15 +112,15 @@ class Progress:
         now = time.monotonic()
         if now - self._last >= self.interval and self.done < self.total:
             self._last = now
-            self.logger.info("%s: %d/%d (%.0f s)%s", self.desc, self.done, self.total,
+            self.logger.log(IMPORTANT, "%s: %d/%d (%.0f s)%s", self.desc, self.done, self.total,
                              now - self._start, _format_status(status))
 
     def __exit__(self, *exc_info) -> None:
         if self._bar is not None:
             self._bar.close()
         elif exc_info[0] is None:
-            self.logger.info("%s: %d/%d done in %.1f s", self.desc, self.done, self.total,
-                             time.monotonic() - self._start)
+            self.logger.log(IMPORTANT, "%s: %d/%d done in %.1f s", self.desc, self.done,
+                            self.total, time.monotonic() - self._start)
 
 
 def _format_status(status: dict) -> str:

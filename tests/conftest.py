@@ -28,3 +28,18 @@ def synthetic_dataset(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "bids",
                                   n_subjects=2, n_runs=3, n_volumes=80, shape=(12, 14, 12),
                                   signal=1.5, seed=7)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Undo the CLI's logging set-up after each test, so caplog sees every record."""
+    import logging
+
+    names = ("bids_affect", "py.warnings")
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+                    logging.getLogger(name).propagate) for name in names}
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+    logging.captureWarnings(False)

@@ -19,15 +19,14 @@ from bids_affect.exceptions import (
     EXIT_SUCCESS,
     BidsAffectError,
 )
+from bids_affect.progress import IMPORTANT
 
 LOGGER = logging.getLogger("bids_affect")
 
 
 def _setup_logging(verbose: int, debug: bool) -> None:
-    if debug or verbose >= 2:
-        level = logging.DEBUG
-    else:
-        level = logging.INFO if verbose else logging.WARNING
+    # Default: warnings plus progress lines; -v adds INFO; -vv or --debug adds DEBUG.
+    level = logging.DEBUG if debug or verbose >= 2 else logging.INFO if verbose else IMPORTANT
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s",
                                            datefmt="%y%m%d-%H:%M:%S"))

@@ -18,12 +18,12 @@ from bids_affect.datasets.synthetic import make_synthetic_dataset
 DEMO_DATASET = dict(n_subjects=2, n_runs=3, n_volumes=150, shape=(16, 19, 16), tr=2.0,
                     signal=2.0, noise=1.0, seed=2026)
 
-#: The demo's analyses: a ridge decoder (1,000 permutations), a small CNN with few
-#: epochs and permutations (each permutation retrains it; a real study uses more),
-#: its occlusion maps, and RSA.
+#: The demo's analyses: a ridge decoder (1,000 permutations), the small CNN of seeds
+#: 001/004 with few epochs and permutations (each permutation retrains it; a real study
+#: uses more), its occlusion maps, and RSA.
 DEMO_ARGUMENTS = ("--labels", "studyforrest-5", "--analyses", "decoding,occlusion,rsa",
-                  "--models", "ridge,cnn-neuro120fp", "--epochs", "5",
-                  "--n-permutations-cnn", "2", "--occlusion-samples", "3",
+                  "--models", "ridge,cnn-deepemotion", "--epochs", "10",
+                  "--n-permutations-cnn", "3", "--occlusion-samples", "3",
                   "--occlusion-threshold", "0.5", "--top-k", "50", "--random-seed", "2026")
 
 

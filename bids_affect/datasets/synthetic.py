@@ -188,8 +188,8 @@ def grid_affine(shape: Sequence[int]) -> np.ndarray:
 
     Examples
     --------
-    >>> grid_affine((20, 24, 20))[0, 0]
-    9.6
+    >>> float(grid_affine((20, 24, 20))[0, 0])  # mm per voxel
+    8.0
     """
     extent = np.array([hi - lo for lo, hi in MNI_BRAIN_BOX])
     voxel = float(np.round(np.max(extent / np.asarray(shape, float)), 1))

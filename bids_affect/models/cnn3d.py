@@ -236,7 +236,7 @@ def with_all_classes(model: VolumeClassifier, present: Sequence[int],
     >>> model = create_architecture("neuro120fp", 2, (8, 8, 8)).eval()
     >>> full = with_all_classes(model, [0, 2], 3).eval()
     >>> x = torch.zeros(1, 1, 8, 8, 8)
-    >>> torch.allclose(full(x)[0, [0, 2]], model(x)[0]), float(full(x).softmax(1)[0, 1])
+    >>> torch.allclose(full(x)[0, [0, 2]], model(x)[0]), float(full(x).softmax(1)[0, 1].detach())
     (True, 0.0)
     """
     import copy

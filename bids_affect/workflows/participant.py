@@ -9,6 +9,7 @@ reads the configuration.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ from bids_affect.interfaces import RunStep
 from bids_affect.io.derivatives import desc_label
 
 
-def _node(step: str, name: str, kwargs: Mapping[str, Any], in_files: Sequence[str] = (),
-          sink: bool = False) -> pe.Node:
-    node = pe.Node(RunStep(step=step, kwargs=dict(kwargs)), name=name,
-                   overwrite=sink, run_without_submitting=sink)
+def _node(subject: str, step: str, name: str, kwargs: Mapping[str, Any],
+          in_files: Sequence[str] = (), sink: bool = False) -> pe.Node:
+    node = pe.Node(RunStep(step=step, kwargs=dict(kwargs), progress_label=f"sub-{subject} "
+                           f"{name}"), name=name, overwrite=sink, run_without_submitting=sink)
     if in_files:
         node.inputs.in_files = list(in_files)
     return node
@@ -63,19 +64,20 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
         Processes a step may use.
     """
     wf = pe.Workflow(name=name or f"sub_{subject}_task_{task}_wf")
+    node = partial(_node, subject)
     common = {"output_dir": str(output_dir), "subject": subject, "task": task,
               "runs": list(runs), "provenance": dict(provenance)}
     in_files = sorted({r[key] for r in runs for key in ("bold", "events", "mask", "confounds")
                        if r.get(key)})
 
-    labels = _node("labels", "labels", {"runs": list(runs), "label_spec": dict(label_spec)},
+    labels = node("labels", "labels", {"runs": list(runs), "label_spec": dict(label_spec)},
                    in_files)
-    ds_labels = _node("write_labels", "ds_labels", common, sink=True)
+    ds_labels = node("write_labels", "ds_labels", common, sink=True)
     wf.connect(labels, "out_dir", ds_labels, "labels_dir")
     if not analyses:
         return wf
 
-    samples = _node("samples", "samples", {"runs": list(runs), "cleaning": dict(cleaning)},
+    samples = node("samples", "samples", {"runs": list(runs), "cleaning": dict(cleaning)},
                     in_files)
     wf.connect(labels, "out_dir", samples, "labels_dir")
 
@@ -89,10 +91,10 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
     cnn_decoders = {}
     for model in decoded:
         desc = desc_label(model)
-        decode = _node("decode", f"decode_{desc}", {
+        decode = node("decode", f"decode_{desc}", {
             "model": model, "settings": dict(decoding), "seed": seeds[model],
             "min_volumes": int(label_spec["min_volumes"]), "n_jobs": n_jobs})
-        ds_decode = _node("write_decoding", f"ds_decode_{desc}", common, sink=True)
+        ds_decode = node("write_decoding", f"ds_decode_{desc}", common, sink=True)
         wf.connect([(samples, decode, [("out_dir", "samples_dir")]),
                     (decode, ds_decode, [("out_dir", "decoding_dirs")]),
                     (samples, ds_decode, [("out_dir", "samples_dir")])])
@@ -102,19 +104,19 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
     if "occlusion" in analyses:
         for model, decode in cnn_decoders.items():
             desc = desc_label(model)
-            occlude = _node("occlusion", f"occlusion_{desc}", {
+            occlude = node("occlusion", f"occlusion_{desc}", {
                 "settings": dict(occlusion), "seed": seeds["occlusion"]})
-            ds_occlusion = _node("write_occlusion", f"ds_occlusion_{desc}", common, sink=True)
+            ds_occlusion = node("write_occlusion", f"ds_occlusion_{desc}", common, sink=True)
             wf.connect([(samples, occlude, [("out_dir", "samples_dir")]),
                         (decode, occlude, [("out_dir", "decoding_dirs")]),
                         (occlude, ds_occlusion, [("out_dir", "decoding_dirs")]),
                         (samples, ds_occlusion, [("out_dir", "samples_dir")])])
 
     if "rsa" in analyses:
-        rsa_node = _node("rsa", "rsa", {"settings": dict(rsa), "seed": seeds["rsa"],
+        rsa_node = node("rsa", "rsa", {"settings": dict(rsa), "seed": seeds["rsa"],
                                         "min_volumes": int(label_spec["min_volumes"])},
                          in_files=[str(p) for p in rsa.get("references", {}).values()])
-        ds_rsa = _node("write_rsa", "ds_rsa", common, sink=True)
+        ds_rsa = node("write_rsa", "ds_rsa", common, sink=True)
         wf.connect([(samples, rsa_node, [("out_dir", "samples_dir")]),
                     (rsa_node, ds_rsa, [("out_dir", "decoding_dirs")])])
         if cnn_decoders:

@@ -99,6 +99,45 @@ def test_parse_args_precedence_and_normalisation(tmp_path):
     assert config.execution.work_dir == Path("work").resolve()
 
 
+def test_use_plugin_selects_the_nipype_plugin(tmp_path, monkeypatch):
+    from bids_affect.workflows import base
+
+    plugin_file = tmp_path / "plugin.yml"
+    plugin_file.write_text("plugin: SLURM\nplugin_args:\n  sbatch_args: --time=1:00:00\n")
+    config = parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                         "--use-plugin", str(plugin_file), "-w", str(tmp_path / "work")])
+    assert config.nipype.plugin == "SLURM"
+    assert config.nipype.plugin_args == {"sbatch_args": "--time=1:00:00"}
+    calls = []
+
+    class Workflow:
+        config = {"execution": {}}
+
+        def run(self, plugin, plugin_args):
+            calls.append((plugin, plugin_args))
+
+    base.run_workflow(Workflow(), config)
+    assert calls == [("SLURM", {"sbatch_args": "--time=1:00:00"})]
+    config = parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                         "--nprocs", "3", "--mem-mb", "2G", "-w", str(tmp_path / "work")])
+    base.run_workflow(Workflow(), config)
+    assert calls[-1][0] == "MultiProc"
+    assert calls[-1][1] == {"n_procs": 3, "raise_insufficient": False, "memory_gb": 2.0}
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("plugin: [unclosed", "not valid YAML"),
+    ("plugin_args: {n_procs: 2}", "must hold 'plugin'"),
+])
+def test_malformed_plugin_file_is_64(bids, tmp_path, capsys, content, fragment):
+    plugin_file = tmp_path / "plugin.yml"
+    plugin_file.write_text(content)
+    code, err = run_cli(capsys, bids, tmp_path / "out", "participant", "--use-plugin",
+                        plugin_file)
+    assert code == 64
+    assert_one_line_error(err, "plugin.yml", fragment)
+
+
 def test_output_inside_bids_derivatives_is_allowed(tmp_path):
     bids = tmp_path / "bids"
     config = parse_args([str(bids), str(bids / "derivatives" / "bids_affect"), "group"])
