@@ -536,11 +536,13 @@ def ridge_null(hats: Sequence[np.ndarray], splits, permuted: np.ndarray, n_class
 
 
 def _refit_null(make_estimator, X, permuted, splits, n_classes, runs, fit_groups, n_jobs,
-                progress: Progress | None) -> np.ndarray:
+                progress: Progress | None, fold_names: Sequence[str] | None = None
+                ) -> np.ndarray:
     def one(index, labels):
         with progress_context(f"permutation {index + 1}/{len(permuted)}"):
             fit = cross_validate(make_estimator, X, labels, splits, n_classes, runs=runs,
-                                 keep_estimators=False, fit_groups=fit_groups, warn=False)
+                                 fold_names=fold_names, keep_estimators=False,
+                                 fit_groups=fit_groups, warn=False)
         return _pooled_balanced_accuracy(labels, fit.predicted)
 
     null = []
@@ -720,7 +722,7 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
                 return make_estimator(fold, n_train, _checkpoints=None)
 
             null = _refit_null(make_null_estimator, X, permuted, splits, n_classes, runs,
-                               cnn, n_jobs if not cnn else 1, progress)
+                               cnn, n_jobs if not cnn else 1, progress, fold_names)
         else:
             null = np.empty(0)
 

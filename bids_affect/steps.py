@@ -257,13 +257,14 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
     deriv.write_json(deriv.sidecar_path(model_path), deriv.sidecar(
         Description=f"The {len(folds)} fold models of {model}, in fold order",
         Folds=metrics["folds"], Classes=classes, **common))
-    with deriv.atomic_path(model_path) as tmp:
-        if cnn:
-            torch.save({f"fold-{k}": torch.load(path, weights_only=False)
-                        for k, path in enumerate(folds, start=1)}, tmp)
-        else:
-            import joblib
+    if cnn:
+        deriv.write_torch(model_path, {
+            f"fold-{k}": _publishable_network(torch.load(path, weights_only=False))
+            for k, path in enumerate(folds, start=1)})
+    else:
+        import joblib
 
+        with deriv.atomic_path(model_path) as tmp:
             joblib.dump([joblib.load(path) for path in folds], tmp)
 
 
@@ -376,7 +377,8 @@ def write_occlusion_step(out_dir: Path, *, decoding_dirs: Sequence[Path], sample
                                       "held-out samples of p(class) minus p(class) with a "
                                       "window occluded",
                           NumberOfSamples=info["n_samples"][name], Atlas=atlas,
-                          Occlusion=info["info"]["runs"], **common))
+                          Occlusion=[_without_timing(run) for run in info["info"]["runs"]],
+                          **common))
         deriv.write_with_sidecar(
             deriv.output_path(kind="occlusion_topk", contrast=label, **names),
             Path(occlusion_dir) / f"topk_{name}.tsv",
@@ -397,6 +399,17 @@ def write_occlusion_step(out_dir: Path, *, decoding_dirs: Sequence[Path], sample
         figure = deriv.output_path(output_dir, "figure", subject=subject, task=task,
                                    desc=desc, suffix="umap", extension=".svg")
         deriv.copy_file(Path(occlusion_dir) / "umap.svg", figure)
+
+
+def _without_timing(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record less its wall-clock seconds (sidecars must not vary between equal runs)."""
+    return {key: value for key, value in record.items() if key != "seconds"}
+
+
+def _publishable_network(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved CNN less what differs between equal runs: work-dir paths and timings."""
+    return {**payload, "params": {**payload["params"], "checkpoint_path": None},
+            "history": [_without_timing(epoch) for epoch in payload["history"]]}
 
 
 def nib_load(path: Path):

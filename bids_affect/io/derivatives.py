@@ -340,6 +340,19 @@ def write_nifti(path: Path, image) -> Path:
     return Path(path)
 
 
+def write_torch(path: Path, content: Any) -> Path:
+    """``torch.save`` atomically, through a stream.
+
+    Given a file name, ``torch.save`` names the records inside its archive after
+    it, so the temp file's name would make equal contents differ byte for byte.
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(content, stream)
+    return Path(path)
+
+
 def copy_file(source: Path, path: Path) -> Path:
     """Copy a finished file (e.g. from the work directory) into place atomically."""
     with atomic_path(path) as tmp:

@@ -43,7 +43,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from bids_affect.__about__ import __version__
 from bids_affect.exceptions import InputDataError, UsageError
-from bids_affect.io.derivatives import atomic_path
+from bids_affect.io.derivatives import write_torch
 from bids_affect.models.cnn3d import VolumeClassifier, create_architecture
 from bids_affect.models.training import (
     TrainingOptions,
@@ -389,9 +389,7 @@ class CNN3DClassifier(ClassifierMixin, BaseEstimator):
             "versions": {"torch": str(torch.__version__), "bids_affect": __version__},
         }
         path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-        return path
+        return write_torch(path, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> CNN3DClassifier:

@@ -82,7 +82,7 @@ from torch import nn
 
 from bids_affect._docs import doc_filler
 from bids_affect.exceptions import InputDataError, UsageError
-from bids_affect.io.derivatives import atomic_path
+from bids_affect.io.derivatives import write_torch
 from bids_affect.models.cnn3d import create_architecture, list_architectures
 from bids_affect.progress import Progress
 
@@ -821,8 +821,7 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: str | None = None
 
 
 def _save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> None:
-    with atomic_path(Path(path)) as tmp:
-        torch.save(dict(checkpoint), tmp)
+    write_torch(Path(path), dict(checkpoint))
 
 
 # --------------------------------------------------------------------------- fitting

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,23 +16,27 @@ from bids_affect.datasets import make_synthetic_dataset
 from bids_affect.io.validation import validate_dataset
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """Participant and group levels with decoding, occlusion and RSA on planted signal."""
-    root = tmp_path_factory.mktemp("e2e")
-    bids = make_synthetic_dataset(root / "bids", n_subjects=1, n_runs=3, n_volumes=60,
-                                  shape=(12, 14, 12), signal=2.0,
-                                  classes=("happiness", "sadness", "fear"),
-                                  scene_duration=(8.0, 20.0), seed=5)
-    out = root / "out"
-    code = main([str(bids), str(out), "participant", "group", "-w", str(root / "work"),
+def run_everything(bids: Path, out: Path, work: Path) -> None:
+    """Participant and group levels with decoding, occlusion and RSA, seed 3."""
+    code = main([str(bids), str(out), "participant", "group", "-w", str(work),
                  "--labels", "studyforrest-5", "--min-volumes", "5",
                  "--analyses", "decoding,occlusion,rsa", "--models", "ridge,cnn-deepemotion",
                  "--n-permutations", "20", "--n-permutations-cnn", "2", "--epochs", "3",
                  "--occlusion-threshold", "0", "--occlusion-samples", "2", "--top-k", "10",
-                 "--random-seed", "3", "--nprocs", "1"])
+                 "--random-seed", "3", "--nprocs", "1", "--omp-nthreads", "1"])
     assert code == 0
-    return root, out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """Every analysis at both levels on planted signal."""
+    root = tmp_path_factory.mktemp("e2e")
+    make_synthetic_dataset(root / "bids", n_subjects=1, n_runs=3, n_volumes=60,
+                           shape=(12, 14, 12), signal=2.0,
+                           classes=("happiness", "sadness", "fear"),
+                           scene_duration=(8.0, 20.0), seed=5)
+    run_everything(root / "bids", root / "out", root / "work")
+    return root, root / "out"
 
 
 def test_every_contracted_output_is_written(finished_run):
@@ -89,6 +95,21 @@ def test_every_data_file_has_a_sidecar_and_no_temp_file_is_left(finished_run):
         meta = json.loads(sidecar.read_text())
         assert meta["Sources"] and "bids_affect" in json.dumps(meta), path
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_the_same_seed_gives_the_same_files_bit_for_bit(finished_run, tmp_path):
+    root, out = finished_run
+    run_everything(root / "bids", tmp_path / "out", tmp_path / "work")
+
+    def hashes(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()
+                and "log" not in p.relative_to(folder).parts[:2]}
+
+    first, second = hashes(out), hashes(tmp_path / "out")
+    assert any(name.endswith(".pt") for name in first)
+    assert any(name.endswith("_statmap.nii.gz") for name in first)
+    assert first == second
 
 
 def test_outputs_pass_the_bids_validator(finished_run, tmp_path):
