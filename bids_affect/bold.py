@@ -32,11 +32,8 @@ Examples
 --------
 >>> import tempfile
 >>> from pathlib import Path
->>> from bids_affect.datasets import make_synthetic_dataset
->>> from bids_affect.io.layout import collect_runs, load_layout
->>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=2,
-...                               n_volumes=30, shape=(8, 9, 8), with_derivatives=False)
->>> runs = collect_runs(load_layout(root))
+>>> from bids_affect.datasets import example_runs
+>>> runs = example_runs(n_runs=2, n_volumes=30)
 >>> samples = build_samples(runs, None, Path(tempfile.mkdtemp()) / "samples",
 ...                         confounds="none")
 >>> samples.X.shape[0], samples.volumes.shape[0], len(samples.table)
@@ -501,12 +498,9 @@ def subject_mask(runs: Sequence[RunRecord]) -> nib.Nifti1Image:
 
     Examples
     --------
-    >>> import tempfile
-    >>> from bids_affect.datasets import make_synthetic_dataset
-    >>> from bids_affect.io.layout import collect_runs, load_layout
-    >>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=2,
-    ...                               n_volumes=20, shape=(8, 9, 8), with_derivatives=False)
-    >>> mask = subject_mask(collect_runs(load_layout(root)))
+    >>> from bids_affect.datasets import example_runs
+    >>> runs = example_runs(n_runs=2, n_volumes=20)
+    >>> mask = subject_mask(runs)
     >>> mask.shape, bool(mask.get_fdata().any())
     ((8, 9, 8), True)
     """
@@ -596,12 +590,8 @@ def load_masked_run(run: RunRecord, mask_img: nib.Nifti1Image, *,
 
     Examples
     --------
-    >>> import tempfile
-    >>> from bids_affect.datasets import make_synthetic_dataset
-    >>> from bids_affect.io.layout import collect_runs, load_layout
-    >>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=1,
-    ...                               n_volumes=20, shape=(8, 9, 8), with_derivatives=False)
-    >>> run = collect_runs(load_layout(root))[0]
+    >>> from bids_affect.datasets import example_runs
+    >>> [run] = example_runs(n_runs=1, n_volumes=20)
     >>> mask = subject_mask([run])
     >>> load_masked_run(run, mask).shape == (20, int(mask.get_fdata().sum()))
     True
@@ -705,12 +695,8 @@ def clean_run(run: RunRecord, mask_img: nib.Nifti1Image, *, detrend: bool = True
 
     Examples
     --------
-    >>> import tempfile
-    >>> from bids_affect.datasets import make_synthetic_dataset
-    >>> from bids_affect.io.layout import collect_runs, load_layout
-    >>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=1,
-    ...                               n_volumes=20, shape=(8, 9, 8), with_derivatives=False)
-    >>> run = collect_runs(load_layout(root))[0]
+    >>> from bids_affect.datasets import example_runs
+    >>> [run] = example_runs(n_runs=1, n_volumes=20)
     >>> cleaned = clean_run(run, subject_mask([run]), confounds="none")
     >>> bool(np.allclose(cleaned.std(axis=0, ddof=1), 1, atol=1e-3))
     True
@@ -837,12 +823,9 @@ def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | 
     Examples
     --------
     >>> import tempfile
-    >>> from bids_affect.datasets import make_synthetic_dataset
-    >>> from bids_affect.io.layout import collect_runs, load_layout
-    >>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=2,
-    ...                               n_volumes=20, shape=(8, 9, 8), with_derivatives=False)
-    >>> runs = collect_runs(load_layout(root))
-    >>> labels = {run.key: ["fear"] * 10 + [None] * 10 for run in runs}
+    >>> from bids_affect.datasets import example_runs
+    >>> runs = example_runs(n_runs=2, n_volumes=20)
+        >>> labels = {run.key: ["fear"] * 10 + [None] * 10 for run in runs}
     >>> samples = build_samples(runs, labels, Path(tempfile.mkdtemp()), confounds="none")
     >>> samples.table.label.value_counts().to_dict()
     {'fear': 20}
@@ -1057,12 +1040,8 @@ class SampleSet:
         Examples
         --------
         >>> import tempfile
-        >>> from bids_affect.datasets import make_synthetic_dataset
-        >>> from bids_affect.io.layout import collect_runs, load_layout
-        >>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=1,
-        ...                               n_volumes=30, shape=(8, 9, 8),
-        ...                               with_derivatives=False)
-        >>> runs = collect_runs(load_layout(root))
+        >>> from bids_affect.datasets import example_runs
+        >>> runs = example_runs(n_runs=1, n_volumes=30)
         >>> labels = {runs[0].key: ["fear"] * 24 + ["love"] * 3 + [None] * 3}
         >>> samples = build_samples(runs, labels, Path(tempfile.mkdtemp()), confounds="none")
         >>> len(samples.labelled(min_volumes=20))  # love (3 volumes) is left out
@@ -1084,12 +1063,9 @@ class SampleSet:
         Examples
         --------
         >>> import tempfile
-        >>> from bids_affect.datasets import make_synthetic_dataset
-        >>> from bids_affect.io.layout import collect_runs, load_layout
-        >>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=1,
-        ...                               n_volumes=20, shape=(8, 9, 8),
-        ...                               with_derivatives=False)
-        >>> samples = build_samples(collect_runs(load_layout(root)), None,
+        >>> from bids_affect.datasets import example_runs
+        >>> runs = example_runs(n_runs=1, n_volumes=20)
+        >>> samples = build_samples(runs, None,
         ...                         Path(tempfile.mkdtemp()), confounds="none")
         >>> image = samples.unmask(samples.X[0])
         >>> image.shape == samples.mask_img.shape
@@ -1111,12 +1087,9 @@ class SampleSet:
         Examples
         --------
         >>> import tempfile
-        >>> from bids_affect.datasets import make_synthetic_dataset
-        >>> from bids_affect.io.layout import collect_runs, load_layout
-        >>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=1,
-        ...                               n_volumes=20, shape=(8, 9, 8),
-        ...                               with_derivatives=False)
-        >>> samples = build_samples(collect_runs(load_layout(root)), None,
+        >>> from bids_affect.datasets import example_runs
+        >>> runs = example_runs(n_runs=1, n_volumes=20)
+        >>> samples = build_samples(runs, None,
         ...                         Path(tempfile.mkdtemp()), confounds="none")
         >>> image = samples.uncrop(samples.volumes[0])
         >>> np.allclose(image.get_fdata(), samples.unmask(samples.X[0]).get_fdata())

@@ -1135,6 +1135,22 @@ def _top_indices(stat_map: np.ndarray, mask: np.ndarray | None, k: int) -> np.nd
     return candidates[np.lexsort((candidates, -scores))[:int(k)]]
 
 
+def mm_coordinates(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """World coordinates (mm) of voxel indices, rounded to 0.1 micrometre.
+
+    Affines stored as float32 in NIfTI headers would otherwise print as
+    ``-65.64999961853027`` instead of ``-65.65``.
+
+    Examples
+    --------
+    >>> affine = np.diag([2.0, 2.0, 2.0, 1.0]).astype(np.float32)
+    >>> affine[:3, 3] = -65.65
+    >>> mm_coordinates(affine, [[1, 0, 0]]).tolist()
+    [[-63.65, -65.65, -65.65]]
+    """
+    return np.round(nib.affines.apply_affine(np.asarray(affine, float), ijk), 4)
+
+
 def top_voxels(stat_map: np.ndarray, mask: np.ndarray | None, affine: np.ndarray,
                k: int = 500, atlas: str | None = None, *, space: str | None = None,
                threshold: float = 25.0) -> pd.DataFrame:
@@ -1183,7 +1199,7 @@ def top_voxels(stat_map: np.ndarray, mask: np.ndarray | None, affine: np.ndarray
     stat_map = np.asarray(stat_map)
     flat = _top_indices(stat_map, mask, k)
     ijk = np.stack(np.unravel_index(flat, stat_map.shape), axis=1)
-    xyz = nib.affines.apply_affine(np.asarray(affine, float), ijk)
+    xyz = mm_coordinates(affine, ijk)
     table = pd.DataFrame({"rank": np.arange(1, len(flat) + 1), "i": ijk[:, 0],
                           "j": ijk[:, 1], "k": ijk[:, 2], "x": xyz[:, 0], "y": xyz[:, 1],
                           "z": xyz[:, 2], "value": stat_map.ravel()[flat].astype(float)})
@@ -1372,7 +1388,7 @@ def umap_embeddings(class_maps: Mapping[Any, np.ndarray | None], mask: np.ndarra
     if len(voxels) < 3:
         raise UsageError(f"UMAP needs at least 3 voxels, got {len(voxels)}", path="k")
     ijk = np.stack(np.unravel_index(voxels, shape), axis=1)
-    xyz = nib.affines.apply_affine(np.asarray(affine, float), ijk)
+    xyz = mm_coordinates(affine, ijk)
     drops = np.stack([maps[label].ravel()[voxels] for label in labels], axis=1)
     seed = _resolve_seed(random_state)
     with Progress(2, desc="UMAP") as progress:

@@ -3,7 +3,8 @@
 from bids_affect.datasets.synthetic import (
     DEFAULT_CLASSES,
     SyntheticParameters,
+    example_runs,
     make_synthetic_dataset,
 )
 
-__all__ = ["DEFAULT_CLASSES", "SyntheticParameters", "make_synthetic_dataset"]
+__all__ = ["DEFAULT_CLASSES", "SyntheticParameters", "example_runs", "make_synthetic_dataset"]

@@ -495,3 +495,36 @@ def confounds_table(data: np.ndarray, brain: np.ndarray, motion: np.ndarray) -> 
         + 50.0 * np.abs(np.diff(motion[:, 3:], axis=0)).sum(axis=1)
     table["framewise_displacement"] = np.concatenate([[np.nan], displacement])
     return pd.DataFrame(table)
+
+
+def example_runs(n_runs: int = 1, n_volumes: int = 20, folder: str | Path | None = None,
+                 **params) -> list:
+    """Run records of a tiny raw synthetic dataset, for examples and notebooks.
+
+    Parameters
+    ----------
+    n_runs, n_volumes : int
+        Runs of one subject and volumes per run.
+    folder : str or Path, optional
+        Where the dataset goes (default: a new temporary folder).
+    **params
+        Further :class:`SyntheticParameters` (default shape ``(8, 9, 8)``, no
+        fMRIPrep derivatives).
+
+    Returns
+    -------
+    list of :class:`~bids_affect.io.layout.RunRecord`
+
+    Examples
+    --------
+    >>> [(run.run, run.n_volumes) for run in example_runs(n_runs=2, n_volumes=12)]
+    [(1, 12), (2, 12)]
+    """
+    import tempfile
+
+    from bids_affect.io.layout import collect_runs, load_layout
+
+    params = {"shape": (8, 9, 8), "with_derivatives": False, **params}
+    root = make_synthetic_dataset(folder or tempfile.mkdtemp(), n_subjects=1, n_runs=n_runs,
+                                  n_volumes=n_volumes, **params)
+    return collect_runs(load_layout(root))
