@@ -365,18 +365,26 @@ def check_repetition_time(path: Path, metadata: Mapping[str, Any], header) -> fl
 
 
 def _find_events(layout, bold) -> Path | None:
-    entities = {k: v for k, v in bold.get_entities().items()
-                if k in ("subject", "session", "task", "acquisition", "run")}
-    query = dict(suffix="events", extension=".tsv", scope="raw", return_type="filename")
-    for name in ("session", "acquisition", "run"):
-        entities.setdefault(name, None)
-    matches = layout.get(**query, **_to_pybids_query(entities))
-    if not matches:
-        # Inherited events (e.g. task-movie_events.tsv at the top level).
-        nearest = layout.get_nearest(bold.path, suffix="events", extension=".tsv",
-                                     strict=False, all_=False)
-        return Path(nearest) if nearest else None
-    return Path(matches[0])
+    """The events file that applies to ``bold`` under the BIDS inheritance principle.
+
+    A candidate applies when each of its entities equals the BOLD's (so another
+    run's events never do); among those, the most specific one wins (more
+    entities, then the deeper folder), e.g. ``sub-01_task-movie_run-2_events.tsv``
+    over a top-level ``task-movie_events.tsv``.
+    """
+    own = bold.get_entities()
+    applicable = []
+    for candidate in layout.get(suffix="events", extension=".tsv", scope="raw",
+                                task=own.get("task")):
+        entities = {key: value for key, value in candidate.get_entities().items()
+                    if key not in _NON_MATCHING_ENTITIES}
+        if all(own.get(key) == value for key, value in entities.items()):
+            applicable.append((len(entities), len(Path(candidate.path).parts), candidate.path))
+    return Path(max(applicable)[2]) if applicable else None
+
+
+#: Entities that do not decide whether a sidecar-like file applies to a BOLD run.
+_NON_MATCHING_ENTITIES = frozenset({"suffix", "extension", "datatype"})
 
 
 def _find_fmriprep_files(layout, entities: Mapping[str, Any], space: str,

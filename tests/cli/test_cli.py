@@ -288,3 +288,27 @@ def test_console_script_exits_with_the_code(tmp_path):
 def test_usage_error_is_a_value_error():
     with pytest.raises(ValueError):
         raise UsageError("x")
+
+
+def test_a_run_without_events_is_skipped_and_a_subject_without_any_is_66(bids, tmp_path,
+                                                                         capsys):
+    func = bids / "sub-01" / "func"
+    (func / "sub-01_task-movie_run-2_events.tsv").unlink()
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, bids, out, "participant", "--analyses", "none",
+                        "--labels", "studyforrest-5", "--participant-label", "01",
+                        "--skip-bids-validation", "-w", tmp_path / "work")
+    assert code == 0, err
+    assert "sub-01_task-movie_run-2_bold.nii.gz has no events.tsv; this run is skipped" in err
+    labelled = sorted(p.name for p in (out / "sub-01" / "func").glob("*_desc-labels_events.tsv"))
+    assert labelled == [f"sub-01_task-movie_run-{r}_desc-labels_events.tsv" for r in (1, 3)]
+
+    for events in func.glob("*_events.tsv"):
+        events.unlink()
+    before = tree_digest(bids)
+    code, err = run_cli(capsys, bids, tmp_path / "out2", "participant", "--analyses", "none",
+                        "--labels", "studyforrest-5", "--participant-label", "01",
+                        "--skip-bids-validation", "-w", tmp_path / "work2")
+    assert code == 66
+    assert_one_line_error(err, "no run of sub-01 task-movie has an events.tsv", "sub-01/func")
+    assert tree_digest(bids) == before

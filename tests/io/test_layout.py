@@ -45,6 +45,29 @@ def test_raw_bids_alone_gives_run_records(small_dataset):
     assert RunRecord.from_dict(json.loads(json.dumps(run.to_dict()))) == run
 
 
+def test_events_follow_the_inheritance_principle(dataset_copy):
+    func = dataset_copy / "sub-01" / "func"
+    own = (func / "sub-01_task-movie_run-2_events.tsv").read_text()
+    (func / "sub-01_task-movie_run-2_events.tsv").unlink()
+    runs = collect_runs(load_layout(dataset_copy, derivatives={}), ["01"])
+    # Another run's events never apply (pybids' non-strict get_nearest would pick run-1's).
+    assert [r.events and r.events.name for r in runs] == [
+        "sub-01_task-movie_run-1_events.tsv", None]
+
+    (dataset_copy / "task-movie_events.tsv").write_text(own)
+    (dataset_copy / "sub-01" / "sub-01_task-movie_events.tsv").write_text(own)
+    runs = collect_runs(load_layout(dataset_copy, derivatives={}), ["01", "02"])
+    assert {(r.subject, r.run): r.events.relative_to(dataset_copy).as_posix() for r in runs} == {
+        ("01", 1): "sub-01/func/sub-01_task-movie_run-1_events.tsv",
+        ("01", 2): "sub-01/sub-01_task-movie_events.tsv",
+        ("02", 1): "sub-02/func/sub-02_task-movie_run-1_events.tsv",
+        ("02", 2): "sub-02/func/sub-02_task-movie_run-2_events.tsv"}
+    for events in (dataset_copy / "sub-02" / "func").glob("*_events.tsv"):
+        events.unlink()
+    runs = collect_runs(load_layout(dataset_copy, derivatives={}), ["02"])
+    assert {r.events.name for r in runs} == {"task-movie_events.tsv"}
+
+
 def test_fmriprep_derivatives_are_found_and_used(small_dataset):
     found = find_fmriprep_derivatives(small_dataset)
     assert list(found) == ["fmriprep"]
