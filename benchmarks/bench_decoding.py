@@ -124,7 +124,7 @@ def ridge_null(work: Path) -> dict:
     one_fit = time.perf_counter() - start
     permuted = circular_shifts(y, runs, 1000, random_state=0)
     start = time.perf_counter()
-    hats = ridge_hat_matrices(make(0, len(splits[0][0])), X, splits)
+    hats = ridge_hat_matrices(make, X, splits)
     null = ridge_null(hats, splits, permuted, len(classes))
     fast = time.perf_counter() - start
     n_naive = 3

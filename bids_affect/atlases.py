@@ -19,6 +19,13 @@ The atlases are valid for data in a standard MNI152 space only
 (NLin6Asym, NLin2009cAsym...) are a few millimetres, which the sidecar notes.
 An ROI requested on native-space data is refused (:class:`InputDataError`).
 
+``--roi-atlas`` (:func:`parse_roi_atlas`) names the ROIs of per-region
+analyses as ``ATLAS[:ROI,ROI...]``: an offline atlas and its short ROI names
+or structure names, or a user's NIfTI dseg with its TSV of labels (DESIGN.md
+puts the user's atlas first; it is taken to be in the data's space unless its
+file name's ``space-`` entity says otherwise). :func:`roi_atlas_masks` puts
+them on the data grid and :func:`roi_atlas_info` describes them for sidecars.
+
 Amygdala subregions: Juelich holds the centromedial (CM), laterobasal (LB) and
 superficial (SF) groups, left and right; the amygdalostriatal transition area
 (AStr) has no offline source here, and asking for it says so.
@@ -39,6 +46,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -409,8 +417,12 @@ def list_rois() -> dict[str, str]:
     return {name: roi.description for name, roi in sorted(ROIS.items())}
 
 
-def _resolve_roi(name: str, hemisphere: str) -> tuple[str, tuple[str, ...]]:
-    """The atlas and structure names an ROI name selects."""
+def _resolve_roi(name: str, hemisphere: str, atlas: str | None = None
+                 ) -> tuple[str, str, tuple[str, ...]]:
+    """The atlas, canonical name and structure names an ROI name selects.
+
+    ``atlas`` restricts the search to one offline atlas (``--roi-atlas ATLAS:ROI``).
+    """
     if hemisphere not in ("both", "left", "right"):
         raise UsageError(f"hemisphere must be 'both', 'left' or 'right', got {hemisphere!r}",
                          path="hemisphere")
@@ -422,16 +434,20 @@ def _resolve_roi(name: str, hemisphere: str) -> tuple[str, tuple[str, ...]]:
                                     "with --roi-atlas")
     if key in ROIS:
         roi = ROIS[key]
+        if atlas is not None and roi.atlas != atlas:
+            raise UsageError(f"ROI {name!r} is defined on the {roi.atlas} atlas, not on "
+                             f"{atlas}", path="roi", fix=f"use {roi.atlas}:{key}")
         structures = {"both": roi.left + roi.right, "left": roi.left,
                       "right": roi.right}[hemisphere]
-        return roi.atlas, structures
-    for atlas in ATLASES:
-        for structure in atlas_names(atlas):
+        return roi.atlas, key, structures
+    for candidate in ATLASES if atlas is None else (atlas,):
+        for structure in atlas_names(candidate):
             if structure.lower() == key:
-                return atlas, (structure,)
+                return candidate, structure, (structure,)
+    choices = sorted(name for name, roi in ROIS.items() if atlas in (None, roi.atlas))
+    where = f"the atlas {atlas}" if atlas else f"the atlases ({', '.join(sorted(ATLASES))})"
     raise UsageError(f"unknown ROI {name!r}", path="roi",
-                     fix=f"use one of {', '.join(sorted(ROIS))} or a structure name of "
-                         f"the atlases ({', '.join(sorted(ATLASES))})")
+                     fix=f"use one of {', '.join(choices)} or a structure name of {where}")
 
 
 def roi_mask(name: str, affine: np.ndarray, shape: Sequence[int], *, space: str | None,
@@ -482,7 +498,7 @@ def roi_mask(name: str, affine: np.ndarray, shape: Sequence[int], *, space: str 
                              f"space {space!r}", path="space",
                              fix="use outputs in an MNI152 space (--space) or give your own "
                                  "ROI mask in the data's space")
-    atlas, structures = _resolve_roi(name, hemisphere)
+    atlas, _, structures = _resolve_roi(name, hemisphere)
     resampled = resample_labels(atlas, affine, shape, threshold=threshold)
     loaded = load_atlas(atlas, threshold)
     values = [loaded.names.index(structure) + 1 for structure in structures]
@@ -515,13 +531,381 @@ def resample_labels(atlas: str, affine: np.ndarray, shape: Sequence[int], *,
     >>> resample_labels("harvard_oxford", grid_affine((20, 24, 20)), (20, 24, 20)).shape
     (20, 24, 20)
     """
+    return _resample_label_image(load_atlas(atlas, threshold).image, affine, shape)
+
+
+def _resample_label_image(image: nib.Nifti1Image, affine: np.ndarray,
+                          shape: Sequence[int]) -> np.ndarray:
+    """A label image on a data grid: nilearn, nearest neighbour (labels never blend)."""
     from nilearn.image import resample_img
 
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3:
         raise UsageError(f"shape must hold 3 sizes, got {shape}", path="shape")
-    loaded = load_atlas(atlas, threshold)
-    resampled = resample_img(loaded.image, target_affine=np.asarray(affine, float),
+    resampled = resample_img(image, target_affine=np.asarray(affine, float),
                              target_shape=shape, interpolation="nearest",
                              force_resample=True, copy_header=True)
     return np.rint(np.asarray(resampled.dataobj)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- --roi-atlas
+
+#: Name endings of a user atlas image (a BIDS ``dseg``: one integer label per voxel).
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+#: ``Key`` of user atlases in :func:`roi_atlas_info`.
+USER_ATLAS = "user"
+
+
+@dataclass(frozen=True)
+class RoiAtlas:
+    """The ROIs that one ``--roi-atlas`` value selects; build it with :func:`parse_roi_atlas`.
+
+    Attributes
+    ----------
+    spec : str
+        The value as given.
+    atlas : str
+        An offline atlas (:data:`ATLASES`), or :data:`USER_ATLAS`.
+    rois : dict of str to tuple of str
+        ROI name -> the atlas structures (offline) or label names (user) it joins.
+    values : dict of str to tuple of int
+        ROI name -> its values in the label image.
+    image : Path or None
+        The user's dseg image.
+    labels_file : Path or None
+        The user's TSV of labels.
+    space : str or None
+        The user image's ``space-`` entity (None: not named).
+    """
+
+    spec: str
+    atlas: str
+    rois: dict[str, tuple[str, ...]]
+    values: dict[str, tuple[int, ...]]
+    image: Path | None = None
+    labels_file: Path | None = None
+    space: str | None = None
+
+    @property
+    def is_user_atlas(self) -> bool:
+        """Whether the ROIs come from a user's dseg image."""
+        return self.atlas == USER_ATLAS
+
+
+def default_rois(atlas: str) -> list[str]:
+    """ROIs an offline atlas gives when ``--roi-atlas`` names none: its short names.
+
+    Examples
+    --------
+    >>> default_rois("juelich")
+    ['amygdala_cm', 'amygdala_lb', 'amygdala_sf']
+    """
+    _check_atlas_name(atlas)
+    return sorted(name for name, roi in ROIS.items() if roi.atlas == atlas)
+
+
+def roi_atlas_help() -> str:
+    """The ``--roi-atlas`` help text, generated from :data:`ATLASES` and :data:`ROIS`.
+
+    Examples
+    --------
+    >>> "juelich (default ROIs amygdala_cm, amygdala_lb, amygdala_sf)" in roi_atlas_help()
+    True
+    """
+    atlases = "; ".join(f"{key} (default ROIs {', '.join(default_rois(key))})"
+                        for key in sorted(ATLASES))
+    return (f"ROIs for per-region analyses (RSA: one brain RDM per ROI), as ATLAS or "
+            f"ATLAS:ROI[,ROI...]. ATLAS: an offline FSL atlas, {atlases}; or a NIfTI dseg "
+            f"image (*.nii[.gz]) with its TSV of labels beside it (same name, .tsv; columns "
+            f"index and name; default: every label), in the data's space. ROI: a short name "
+            f"of that atlas or one of its structure names (e.g. juelich:amygdala_cm, "
+            f"harvard_oxford:Left_Amygdala,Right_Amygdala). The FSL atlases need data in an "
+            f"MNI152 space and are free for non-commercial use only")
+
+
+def _split_spec(spec: str) -> tuple[str, list[str]]:
+    """``ATLAS[:ROI,ROI...]`` -> the atlas part and the ROI names (a path may hold ':')."""
+    text = str(spec).strip()
+    source, names, listed = text, "", False
+    if ":" in text and not text.lower().endswith(NIFTI_SUFFIXES):
+        source, _, names = text.rpartition(":")
+        listed = True
+    rois = [name.strip() for name in names.split(",") if name.strip()]
+    if not source or (listed and not rois):
+        raise UsageError(f"cannot read the ROI atlas {spec!r}", path="roi_atlas",
+                         fix="give ATLAS or ATLAS:ROI[,ROI...], e.g. juelich:amygdala_cm")
+    return source.strip(), rois
+
+
+def parse_roi_atlas(spec: str) -> RoiAtlas:
+    """Read and check an ``--roi-atlas`` value: which atlas, which ROIs.
+
+    Parameters
+    ----------
+    spec : str
+        ``ATLAS`` or ``ATLAS:ROI[,ROI...]``. ATLAS is an offline atlas
+        (:data:`ATLASES`) or the path of a NIfTI dseg image whose labels TSV
+        (the same name ending in ``.tsv``, columns ``index`` and ``name``, as
+        BIDS ``_dseg.tsv`` files) lies beside it. An ROI is a short name of
+        that offline atlas (:data:`ROIS`; both hemispheres), one of its
+        structure names, or a label name of the user's TSV (case-insensitive).
+        Without ROIs: :func:`default_rois` of an offline atlas, every label of
+        a user atlas.
+
+    Returns
+    -------
+    RoiAtlas
+
+    Raises
+    ------
+    UsageError
+        Unknown atlas or ROI, an ROI of another atlas, an ROI given twice or
+        two with the same output label (exit 64).
+    InputMissingError
+        A user atlas or its TSV does not exist; an ROI with no offline source (66).
+    InputDataError
+        A user atlas that is not a 3D image, or a bad TSV of labels (65).
+
+    Examples
+    --------
+    >>> parse_roi_atlas("juelich:CM").rois
+    {'amygdala_cm': ('GM_Amygdala_centromedial_group_L', 'GM_Amygdala_centromedial_group_R')}
+    >>> list(parse_roi_atlas("harvard_oxford").rois)
+    ['accumbens', 'amygdala', 'hippocampus', 'insula', 'thalamus']
+    """
+    source, names = _split_spec(spec)
+    if source.lower() in ATLASES:
+        atlas = source.lower()
+        rois, values = {}, {}
+        structures = atlas_names(atlas)
+        for name in names or default_rois(atlas):
+            _, canonical, selected = _resolve_roi(name, "both", atlas=atlas)
+            _add_roi(rois, canonical, selected)
+            values[canonical] = tuple(structures.index(s) + 1 for s in selected)
+        result = RoiAtlas(str(spec), atlas, rois, values)
+    elif source.lower().endswith(NIFTI_SUFFIXES):
+        result = _parse_user_atlas(str(spec), Path(source).expanduser(), names)
+    else:
+        raise UsageError(f"unknown ROI atlas {source!r}", path="roi_atlas",
+                         fix=f"use one of {', '.join(sorted(ATLASES))} or the path of a "
+                             "NIfTI dseg image (.nii or .nii.gz) with a TSV of labels")
+    _check_roi_labels(result)
+    return result
+
+
+def _add_roi(rois: dict[str, Any], name: str, selected: Any) -> None:
+    if name in rois:
+        raise UsageError(f"ROI {name!r} is given twice", path="roi_atlas",
+                         fix="give each ROI once")
+    rois[name] = selected
+
+
+def _check_roi_labels(roi_atlas: RoiAtlas) -> None:
+    """Every ROI gets its own output label (``desc-brainROI``): no two may share one."""
+    from bids_affect.io.derivatives import desc_label
+
+    seen: dict[str, str] = {}
+    for name in roi_atlas.rois:
+        label = desc_label(name).lower()
+        if label in seen:
+            raise UsageError(f"ROIs {seen[label]!r} and {name!r} of {roi_atlas.spec!r} would "
+                             "write the same output (labels keep letters and digits only)",
+                             path="roi_atlas", fix="give each ROI once")
+        seen[label] = name
+
+
+def user_labels_file(image: Path) -> Path:
+    """The TSV of labels beside a user atlas image: the same name ending in ``.tsv``.
+
+    Examples
+    --------
+    >>> user_labels_file(Path("atlas/tpl-MNI_atlas-Emo_dseg.nii.gz")).as_posix()
+    'atlas/tpl-MNI_atlas-Emo_dseg.tsv'
+    """
+    name = image.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[:-len(suffix)]
+            break
+    return image.with_name(name + ".tsv")
+
+
+def read_user_labels(path: Path) -> dict[str, int]:
+    """Label names and values of a user atlas's TSV (columns ``index`` and ``name``).
+
+    Raises :class:`InputMissingError` when the file is missing and
+    :class:`InputDataError` when it is not such a table.
+    """
+    path = Path(path)
+    fix = ("write a tab-separated table with columns 'index' (the positive integer of each "
+           "label in the image) and 'name'")
+    if not path.is_file():
+        raise InputMissingError("the TSV of labels of the ROI atlas does not exist", path=path,
+                                fix=fix + " beside the image, with the image's name")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InputDataError(f"cannot be read as a TSV table ({error})", path=path,
+                             fix=fix) from None
+    if not {"index", "name"} <= set(table.columns):
+        raise InputDataError(f"needs columns 'index' and 'name', got {list(table.columns)}",
+                             path=path, fix=fix)
+    indices = pd.to_numeric(table["index"].str.strip(), errors="coerce")
+    names = table["name"].str.strip()
+    if indices.isna().any() or (indices % 1 != 0).any() or (indices < 1).any():
+        raise InputDataError("column 'index' must hold positive integers", path=path, fix=fix)
+    if (names == "").any() or names.str.lower().duplicated().any() \
+            or indices.duplicated().any():
+        raise InputDataError("every label needs its own name and index", path=path, fix=fix)
+    return dict(zip(names, indices.astype(int)))
+
+
+def _space_entity(image: Path) -> str | None:
+    """The ``space-`` entity of a BIDS file name, if any."""
+    match = re.search(r"(?:^|_)space-([A-Za-z0-9]+)", image.name)
+    return match.group(1) if match else None
+
+
+def _parse_user_atlas(spec: str, image: Path, names: Sequence[str]) -> RoiAtlas:
+    if not image.is_file():
+        raise InputMissingError("the ROI atlas image does not exist", path=image,
+                                fix="give the path of a NIfTI dseg image, or an offline atlas "
+                                    f"({', '.join(sorted(ATLASES))})")
+    shape = _load_label_image(image).shape
+    if len(shape) != 3:
+        raise InputDataError(f"an ROI atlas must be a 3D label image (dseg), got shape "
+                             f"{shape}", path=image,
+                             fix="give a dseg image; turn a probabilistic atlas into labels "
+                                 "first (e.g. maximum probability above a threshold)")
+    labels_file = user_labels_file(image)
+    labels = read_user_labels(labels_file)
+    by_lower = {name.lower(): name for name in labels}
+    rois, values = {}, {}
+    for name in names or list(labels):
+        if name.lower() not in by_lower:
+            raise UsageError(f"ROI {name!r} is not a label of {labels_file.name}",
+                             path="roi_atlas",
+                             fix=f"use some of {', '.join(list(labels)[:12])}"
+                                 + (" ..." if len(labels) > 12 else ""))
+        label = by_lower[name.lower()]
+        _add_roi(rois, label, (label,))
+        values[label] = (labels[label],)
+    return RoiAtlas(spec, USER_ATLAS, rois, values, image=image, labels_file=labels_file,
+                    space=_space_entity(image))
+
+
+def _load_label_image(path: Path) -> nib.Nifti1Image:
+    try:
+        return nib.load(path)
+    except Exception as error:  # nibabel raises many types for a bad file
+        raise InputDataError(f"cannot be read as NIfTI ({error})", path=path,
+                             fix="give a NIfTI dseg image") from None
+
+
+def roi_atlas_masks(roi_atlas: RoiAtlas | str, affine: np.ndarray, shape: Sequence[int], *,
+                    space: str | None) -> dict[str, np.ndarray]:
+    """Boolean masks of the ROIs of an ``--roi-atlas`` value on the data grid.
+
+    The label image is resampled to the grid with nilearn (nearest neighbour).
+
+    Parameters
+    ----------
+    roi_atlas : RoiAtlas or str
+        From :func:`parse_roi_atlas`, or a value for it.
+    affine : ndarray, shape (4, 4)
+        Affine of the data grid.
+    shape : sequence of 3 int
+        Shape of the data grid.
+    space : str or None
+        Space of the data (None: native, e.g. raw BIDS without fMRIPrep).
+        Offline atlases need an MNI152 space (:func:`is_standard_space`); a
+        user atlas whose file name has a ``space-`` entity needs that space,
+        one without is taken to be in the data's space.
+
+    Returns
+    -------
+    dict of str to ndarray of bool
+        ROI name -> mask shaped ``shape``, in the order of ``roi_atlas.rois``.
+
+    Raises
+    ------
+    InputDataError
+        The data are not in the atlas's space, or a user image that is not a
+        3D integer label image (exit 65).
+
+    Examples
+    --------
+    >>> from bids_affect.datasets.synthetic import grid_affine
+    >>> masks = roi_atlas_masks("juelich:amygdala_cm,amygdala_lb", grid_affine((40, 48, 40)),
+    ...                         (40, 48, 40), space="MNI152NLin2009cAsym")
+    >>> {name: bool(mask.any()) for name, mask in masks.items()}
+    {'amygdala_cm': True, 'amygdala_lb': True}
+    """
+    if isinstance(roi_atlas, str):
+        roi_atlas = parse_roi_atlas(roi_atlas)
+    _check_roi_space(roi_atlas, space)
+    if roi_atlas.is_user_atlas:
+        image = _load_label_image(roi_atlas.image)
+        data = np.asarray(image.dataobj)
+        if data.ndim != 3 or not np.array_equal(data, np.rint(data)):
+            raise InputDataError("an ROI atlas must be a 3D image of integer labels",
+                                 path=roi_atlas.image, fix="give a dseg image")
+        labels = _resample_label_image(nib.Nifti1Image(data.astype(np.int32), image.affine),
+                                       affine, shape)
+    else:
+        labels = resample_labels(roi_atlas.atlas, affine, shape)
+    return {name: np.isin(labels, values) for name, values in roi_atlas.values.items()}
+
+
+def _check_roi_space(roi_atlas: RoiAtlas, space: str | None) -> None:
+    data_space = space or "native (raw BIDS data, no fMRIPrep output in an MNI152 space)"
+    if not roi_atlas.is_user_atlas:
+        if not is_standard_space(space):
+            raise InputDataError(
+                f"--roi-atlas {roi_atlas.spec}: the {roi_atlas.atlas} atlas is in MNI152 "
+                f"space, but the data are in space {data_space}", path="roi_atlas",
+                fix="analyse fMRIPrep outputs in an MNI152 space (--space "
+                    "MNI152NLin2009cAsym, with -d fmriprep=PATH), or give an atlas in the "
+                    "data's space as a NIfTI dseg with a TSV of labels")
+        return
+    if roi_atlas.space is not None and (
+            space is None or str(space).split(":", 1)[0] != roi_atlas.space):
+        raise InputDataError(
+            f"the ROI atlas is in space {roi_atlas.space} (its file name says so), but the "
+            f"data are in space {data_space}", path=roi_atlas.image,
+            fix="give an atlas in the data's space, or analyse outputs in the atlas's space "
+                "(--space)")
+
+
+def roi_atlas_info(roi_atlas: RoiAtlas | str) -> dict[str, Any]:
+    """Provenance of an ``--roi-atlas`` value for sidecars: the atlas and its ROIs.
+
+    Offline atlases give :func:`atlas_info` (name, version, source, licence...);
+    user atlases their files and checksum. Both add ``Specification`` (the
+    value given), ``ROIs`` (ROI -> structures or labels) and ``Resampling``.
+
+    Examples
+    --------
+    >>> info = roi_atlas_info("juelich:amygdala_sf")
+    >>> info["Key"], info["ROIs"]["amygdala_sf"][0], "non-commercial" in info["License"]
+    ('juelich', 'GM_Amygdala_superficial_group_L', True)
+    """
+    if isinstance(roi_atlas, str):
+        roi_atlas = parse_roi_atlas(roi_atlas)
+    if roi_atlas.is_user_atlas:
+        image = roi_atlas.image
+        info = {
+            "Name": image.name, "Key": USER_ATLAS, "Version": "given by the user",
+            "Source": f"user files {image.name}, {roi_atlas.labels_file.name}",
+            "SHA256": _sha256(image.resolve()),
+            "License": "a user atlas: its licence is not recorded here",
+            "Space": roi_atlas.space or "not named in the file name; taken to be the data's",
+            "Labels": "integer labels of a dseg image (TSV columns index, name)",
+        }
+    else:
+        info = atlas_info(roi_atlas.atlas)
+    return {**info, "Specification": roi_atlas.spec,
+            "ROIs": {name: list(parts) for name, parts in roi_atlas.rois.items()},
+            "Resampling": "label image resampled to the data grid with nilearn "
+                          "(nearest neighbour)"}

@@ -422,6 +422,34 @@ def _volume_blocks(image: nib.Nifti1Image, path: Path) -> Iterator[tuple[int, np
                 "('np.nan_to_num(img)', img=...))")
 
 
+def check_bold_data(path: str | Path) -> None:
+    """Read a BOLD series once, end to end: a 4D series, complete, with no NaN or Inf.
+
+    The analyses read every run anyway (:func:`build_samples`); this is for runs
+    that are only labelled (``--analyses none``), so that a truncated or NaN-holding
+    file is refused there too.
+
+    Raises
+    ------
+    InputDataError
+        65, naming the file: not 4D, truncated or corrupt, NaN or Inf values.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "bold.nii.gz"
+    >>> nib.Nifti1Image(np.zeros((4, 4, 4, 5), np.float32), np.eye(4)).to_filename(path)
+    >>> check_bold_data(path)
+    """
+    path = Path(path)
+    image = load_bold(path)
+    try:
+        for _ in _volume_blocks(image, path):
+            pass
+    finally:
+        image.uncache()
+
+
 def _same_grid(first: nib.Nifti1Image, second: nib.Nifti1Image) -> bool:
     return (tuple(first.shape[:3]) == tuple(second.shape[:3])
             and np.allclose(first.affine, second.affine, rtol=0, atol=AFFINE_TOLERANCE_MM))
@@ -825,7 +853,7 @@ def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | 
     >>> import tempfile
     >>> from bids_affect.datasets import example_runs
     >>> runs = example_runs(n_runs=2, n_volumes=20)
-        >>> labels = {run.key: ["fear"] * 10 + [None] * 10 for run in runs}
+    >>> labels = {run.key: ["fear"] * 10 + [None] * 10 for run in runs}
     >>> samples = build_samples(runs, labels, Path(tempfile.mkdtemp()), confounds="none")
     >>> samples.table.label.value_counts().to_dict()
     {'fear': 20}

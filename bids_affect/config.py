@@ -18,9 +18,14 @@ bids_affect.exceptions.UsageError: config key 'labels.hrf_lagg' is unknown; fix:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+import math
+import re
 import tomllib
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,10 +148,14 @@ class Config:
 
     @classmethod
     def from_dict(cls, settings: dict[str, dict[str, Any]], base: Config | None = None,
-                  source: str = "config") -> Config:
+                  source: str = "config",
+                  converters: Mapping[str, Callable[[str], Any]] | None = None) -> Config:
         """Return a copy of ``base`` (defaults when None) updated with ``settings``.
 
-        Unknown sections or keys raise :class:`UsageError` naming the valid ones.
+        Unknown sections or keys, and values of the wrong type, raise
+        :class:`UsageError` naming the key. ``converters`` maps ``"section.key"``
+        to the command line's converter of that setting (``--mem-mb 8G``), applied
+        to scalar values so that a file accepts what the flag accepts.
         """
         config = dataclasses.replace(base) if base is not None else cls()
         for section_name, values in settings.items():
@@ -159,45 +168,103 @@ class Config:
             section = dataclasses.replace(getattr(config, section_name))
             known = {f.name: f for f in dataclasses.fields(section)}
             for key, value in values.items():
+                name = f"{section_name}.{key}"
                 if key not in known:
                     raise UsageError(
-                        f"{source} key '{section_name}.{key}' is unknown",
+                        f"{source} key '{name}' is unknown",
                         fix=f"use one of {', '.join(known)}")
-                setattr(section, key, _coerce(known[key], value))
+                convert = (converters or {}).get(name)
+                numeric = str(known[key].type).removesuffix(" | None") in ("int", "float")
+                if convert is not None and not isinstance(value, bool) and (
+                        isinstance(value, str) or numeric and isinstance(value, (int, float))):
+                    try:
+                        value = convert(str(value))
+                    except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
+                        raise UsageError(f"{source} key '{name}': {err}",
+                                         fix="give a value the matching flag accepts") from err
+                setattr(section, key, _coerce(known[key], value, f"{source} key '{name}'"))
             setattr(config, section_name, section)
         return config
 
     @classmethod
-    def from_toml(cls, path: Path, base: Config | None = None) -> Config:
-        """Read a TOML file of sections (``[labels]``, ``[analysis]``...) over ``base``."""
-        try:
-            settings = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError as err:
-            raise UsageError("config file does not exist", path=path,
-                             fix="give the path of an existing TOML file") from err
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise UsageError(f"config file is not valid TOML ({err})", path=path,
-                             fix="correct the TOML syntax") from err
-        return cls.from_dict(settings, base=base, source=f"config file {path}:")
+    def from_toml(cls, path: Path, base: Config | None = None,
+                  converters: Mapping[str, Callable[[str], Any]] | None = None) -> Config:
+        """Read a TOML file of sections (``[labels]``, ``[analysis]``...) over ``base``.
+
+        The run id is never read from a file: each run gets its own.
+        """
+        from bids_affect.io.files import read_settings_file
+
+        settings = read_settings_file(path, "config file", tomllib.loads,
+                                      (tomllib.TOMLDecodeError,), "TOML")
+        if isinstance(settings.get("execution"), dict):
+            settings["execution"].pop("run_id", None)
+        return cls.from_dict(settings, base=base, source=f"config file {path}:",
+                             converters=converters)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Plain, TOML-ready dictionary (paths as strings, unset values left out)."""
-        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in _SECTIONS}
+        """Plain, TOML-ready dictionary (paths as strings, unset values left out).
+
+        BIDS filters are kept as JSON text: their ``null`` (entity absent) has no
+        TOML form and would otherwise be lost.
+        """
+        out = {name: _plain(dataclasses.asdict(getattr(self, name))) for name in _SECTIONS}
+        if self.execution.bids_filters is not None:
+            out["execution"]["bids_filters"] = json.dumps(self.execution.bids_filters)
+        return out
 
     def to_toml(self) -> str:
         """The configuration as TOML text, readable by :meth:`from_toml`."""
         return tomli_w.dumps(self.to_dict())
 
 
-def _coerce(spec: dataclasses.Field, value: Any) -> Any:
-    """Turn TOML values into the field's type where TOML has no such type (paths)."""
-    if value is None:
-        return None
+_SCALARS: dict[str, tuple[type, ...]] = {"bool": (bool,), "int": (int,),
+                                         "float": (int, float), "str": (str,)}
+
+
+def _coerce(spec: dataclasses.Field, value: Any, where: str) -> Any:
+    """Check ``value`` against the field's type; turn TOML forms into it (paths, lists)."""
     type_text = str(spec.type)
-    if type_text.startswith("Path"):
+    optional = type_text.endswith(" | None")
+    base = type_text.removesuffix(" | None")
+
+    def wrong(expected: str) -> UsageError:
+        return UsageError(f"{where} must be {expected}, got {value!r}",
+                          fix="correct the value (see bids_affect --help)")
+
+    if value is None:
+        if optional:
+            return None
+        raise wrong(f"a {base} value")
+    if base in _SCALARS:
+        if isinstance(value, bool) != (base == "bool") or not isinstance(value, _SCALARS[base]):
+            raise wrong(f"a {base}")
+        if base == "float" and not math.isfinite(value):
+            raise wrong("a finite number")
+        return float(value) if base == "float" else value
+    if base == "Path":
+        if not isinstance(value, (str, Path)):
+            raise wrong("a path")
         return Path(value)
-    if type_text.startswith("dict[str, Path]"):
-        return {str(k): Path(v) for k, v in dict(value).items()}
+    if base == "list[str]":
+        items = re.split(r"[,\s]+", value.strip()) if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise wrong("a list of strings")
+        return [item for item in items if item]
+    if base == "dict[str, Path]":
+        if not isinstance(value, dict) or not all(isinstance(v, (str, Path))
+                                                  for v in value.values()):
+            raise wrong("a table of NAME = PATH")
+        return {str(k): Path(v) for k, v in value.items()}
+    if base.startswith("dict"):
+        if isinstance(value, str):  # BIDS filters as saved by to_dict
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise wrong("a table (or its JSON text)") from None
+        if not isinstance(value, dict):
+            raise wrong("a table")
+        return value
     return value
 
 

@@ -32,7 +32,10 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +51,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import SelectPercentile, f_classif
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (
-    balanced_accuracy_score,
     confusion_matrix,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -121,6 +123,48 @@ class BalancedRidgeClassifier(ClassifierMixin, BaseEstimator):
         index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
         return self.classes_[index]
 
+    def predict_proba(self, X):
+        """Softmax of the decision values (:func:`softmax_of_decision`); not calibrated."""
+        return softmax_of_decision(self.decision_function(X))
+
+
+class SoftmaxLinearSVC(LinearSVC):
+    """:class:`~sklearn.svm.LinearSVC` with ``predict_proba``: softmax of its decision values.
+
+    The values are scores, not calibrated probabilities (:func:`softmax_of_decision`);
+    they rank samples as the decision function does, which is what the AUCs need.
+
+    Examples
+    --------
+    >>> X = np.array([[0.0], [0.2], [1.0], [1.2]])
+    >>> SoftmaxLinearSVC().fit(X, [0, 0, 1, 1]).predict_proba(X).shape
+    (4, 2)
+    """
+
+    def predict_proba(self, X):
+        """Softmax of the decision values, columns in the order of ``classes_``."""
+        return softmax_of_decision(self.decision_function(X))
+
+
+def softmax_of_decision(decision: np.ndarray) -> np.ndarray:
+    """Softmax over classes of decision values; ``d`` of a binary decoder counts as ``[-d, d]``.
+
+    This is what the ridge and SVM decoders report as ``prob_CLASS``: it sums to 1
+    and keeps the ranking of the decision values, but it is not calibrated (a
+    probability of 0.9 does not mean that 90% of such samples are right).
+
+    Examples
+    --------
+    >>> softmax_of_decision(np.array([0.0, np.log(3) / 2])).round(2).tolist()
+    [[0.5, 0.5], [0.25, 0.75]]
+    """
+    decision = np.asarray(decision, dtype=np.float64)
+    if decision.ndim == 1:
+        decision = np.column_stack([-decision, decision])
+    decision = decision - decision.max(axis=1, keepdims=True)
+    proba = np.exp(decision)
+    return proba / proba.sum(axis=1, keepdims=True)
+
 
 def balanced_targets(onehot: np.ndarray) -> np.ndarray:
     """One-hot targets (``(..., n_samples, n_classes)``) divided by ``sqrt`` of class counts.
@@ -142,7 +186,7 @@ LINEAR_CLASSIFIERS: dict[str, Callable[[int, int | None], Any]] = {
     "logreg": lambda n_features, seed: LogisticRegression(
         C=1.0 / max(n_features, 1), max_iter=1000, class_weight="balanced",
         random_state=seed),
-    "svm": lambda n_features, seed: LinearSVC(
+    "svm": lambda n_features, seed: SoftmaxLinearSVC(
         C=1.0 / max(n_features, 1), class_weight="balanced", dual="auto", max_iter=5000,
         random_state=seed),
 }
@@ -346,18 +390,56 @@ def make_cv(cv: str, runs: np.ndarray, n_splits: int = 5, gap: float = 30.0):
 # --------------------------------------------------------------------------- permutations
 
 
+def draw_shifts(runs: np.ndarray, n_permutations: int, random_state=None,
+                min_shift_fraction: float = 0.1) -> np.ndarray:
+    """Circular shift of each run for each permutation, shape ``(n_permutations, n_runs)``.
+
+    Runs are in the order of ``np.unique(runs)``. The shift of a run of ``n``
+    samples is drawn uniformly among ``[m, n - m]`` with
+    ``m = max(1, ceil(min_shift_fraction * n))``; a run of one sample gets 0.
+
+    Examples
+    --------
+    >>> draw_shifts(np.repeat([1, 2], 10), 3, random_state=0).shape
+    (3, 2)
+    """
+    rng = np.random.default_rng(random_state)
+    sizes = [int(np.sum(runs == run)) for run in np.unique(runs)]
+    shifts = np.zeros((n_permutations, len(sizes)), dtype=np.int64)
+    for p in range(n_permutations):
+        for r, n in enumerate(sizes):
+            if n < 2:
+                continue
+            low = max(1, int(np.ceil(min_shift_fraction * n)))
+            high = max(low, n - low)
+            shifts[p, r] = rng.integers(low, high + 1)
+    return shifts
+
+
 def circular_shifts(y: np.ndarray, runs: np.ndarray, n_permutations: int,
                     random_state=None, min_shift_fraction: float = 0.1) -> np.ndarray:
-    """Permuted label sequences: each run's labels shifted circularly.
+    """Permuted label sequences of the null: each run's labels shifted circularly.
 
-    The shift of each run is drawn uniformly among ``[m, n - m]`` with
-    ``m = max(1, ceil(min_shift_fraction * n))`` for a run of ``n`` samples, so
-    permuted labels keep the scene structure (temporal autocorrelation) of the
-    originals but never sit near their true alignment.
+    The shifts come from :func:`draw_shifts`: the sample at position ``t`` of a
+    run of ``n`` samples gets the label of position ``(t - s) mod n``. Permuted
+    labels keep the scene structure (temporal autocorrelation) of the originals
+    but never sit near their true alignment.
+
+    Validity. Runs are separate acquisitions, so their noise is independent: on
+    null data with strongly autocorrelated noise (AR(1) 0.95, scenes of 10-40
+    samples, 4 runs of 100, ridge, leave-one-run-out, 200 permutations) 4.7% of
+    150 p-values fell below .05. When the noise instead runs on across run
+    boundaries (one acquisition cut into "runs"), leave-one-run-out itself leaks
+    at the boundaries and the same test gave 12.7%: split such data with
+    ``cv="blocked"`` and a gap. Leaving out of the scoring the scene that a
+    shift wraps across a run's ends was tried: it brought that case to 5.3% but
+    made the test conservative (1.3%) on independent runs and cut its power
+    (0.58 to 0.33 at one planted strength), so it is not used.
 
     Returns
     -------
-    ndarray, shape (n_permutations, n_samples)
+    ndarray
+        ``(n_permutations, n_samples)`` labels.
 
     Examples
     --------
@@ -365,20 +447,14 @@ def circular_shifts(y: np.ndarray, runs: np.ndarray, n_permutations: int,
     >>> circular_shifts(y, np.zeros(6), 2, random_state=0).shape
     (2, 6)
     """
-    rng = np.random.default_rng(random_state)
     y = np.asarray(y)
     runs = np.asarray(runs)
+    shifts = draw_shifts(runs, n_permutations, random_state, min_shift_fraction)
     permuted = np.empty((n_permutations, len(y)), dtype=y.dtype)
-    run_indices = [np.flatnonzero(runs == run) for run in np.unique(runs)]
-    for p in range(n_permutations):
-        for index in run_indices:
-            n = len(index)
-            if n < 2:
-                permuted[p, index] = y[index]
-                continue
-            low = max(1, int(np.ceil(min_shift_fraction * n)))
-            high = max(low, n - low)
-            permuted[p, index] = np.roll(y[index], int(rng.integers(low, high + 1)))
+    for r, run in enumerate(np.unique(runs)):
+        index = np.flatnonzero(runs == run)
+        for p in range(n_permutations):
+            permuted[p, index] = np.roll(y[index], int(shifts[p, r]))
     return permuted
 
 
@@ -405,22 +481,22 @@ class FoldPredictions:
 def _scores(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
     """Class probabilities in the order ``0..n_classes-1`` (absent classes: 0).
 
-    Decoders without ``predict_proba`` (ridge, SVM) give the softmax of their
-    decision values.
+    Every decoder of :func:`make_decoder` has ``predict_proba`` (for ridge and
+    SVM, the uncalibrated :func:`softmax_of_decision`); other estimators fall
+    back to the softmax of their decision values.
     """
     present = np.asarray(estimator.classes_, int)
     if hasattr(estimator, "predict_proba"):
         proba = estimator.predict_proba(X)
     else:
-        decision = estimator.decision_function(X)
-        if decision.ndim == 1:
-            decision = np.column_stack([-decision, decision])
-        decision = decision - decision.max(axis=1, keepdims=True)
-        proba = np.exp(decision)
-        proba /= proba.sum(axis=1, keepdims=True)
+        proba = softmax_of_decision(estimator.decision_function(X))
     full = np.zeros((len(X), n_classes))
     full[:, present] = proba
     return full
+
+
+def _class_names(codes: Sequence[int], class_names: Sequence[str] | None) -> list:
+    return [str(class_names[c]) for c in codes] if class_names else [int(c) for c in codes]
 
 
 def cross_validate(make_estimator: Callable[[int, int], Any], X: np.ndarray, y: np.ndarray,
@@ -445,37 +521,52 @@ def cross_validate(make_estimator: Callable[[int, int], Any], X: np.ndarray, y: 
         Number of classes (probability columns).
     runs : ndarray, optional
         Run of each sample, passed to ``fit`` as ``groups`` when ``fit_groups``.
+    class_names : sequence of str, optional
+        Name of each class index, for the fold records and warnings.
 
     A class absent from a fold's training samples cannot be predicted by that
     fold's model: its probability is 0 and its test samples count as errors
-    (the fold's record names it, and a warning is logged).
+    (the fold's record lists it by name in ``missing_classes``, and a warning
+    is logged). A CNN whose inner validation block (the end of each run) holds
+    every training sample of a class treats that class the same way
+    (``untrained_classes_`` of
+    :class:`~bids_affect.models.classifier.CNN3DClassifier`).
     """
     n = len(y)
     proba = np.zeros((n, n_classes))
     fold_of = np.full(n, -1)
     result = FoldPredictions(proba, np.zeros(n, int), fold_of)
     for k, (train, test) in enumerate(splits):
-        missing = sorted(set(range(n_classes)) - set(np.unique(y[train]).tolist()))
+        absent = sorted(set(range(n_classes)) - set(np.unique(y[train]).tolist()))
         name = fold_names[k] if fold_names is not None else f"fold-{k + 1}"
         if len(np.unique(y[train])) < 2:
             raise InputDataError(f"training set of {name} holds fewer than 2 classes",
                                  fix="use more runs or a different --cv")
-        if missing and warn:
-            names = [class_names[c] for c in missing] if class_names else missing
+        if absent and warn:
             LOGGER.warning("%s: classes %s are absent from the training samples; that fold "
                            "cannot predict them and their test samples count as errors.",
-                           name, names)
+                           name, _class_names(absent, class_names))
         estimator = make_estimator(k, len(train))
         with warnings.catch_warnings(), progress_context(f"test {name}"):
             warnings.simplefilter("ignore", ConvergenceWarning)
+            # The CNN's own warning names class codes; the one below names classes.
+            warnings.filterwarnings("ignore", message=".*no training sample once.*")
             if fit_groups and runs is not None:
                 estimator.fit(X[train], y[train], groups=runs[train])
             else:
                 estimator.fit(X[train], y[train])
+        untrained = sorted(int(c) for c in getattr(estimator, "untrained_classes_", ()))
+        if untrained and warn:
+            LOGGER.warning("%s: classes %s have training samples only in the CNN's inner "
+                           "validation block (the end of each run); that fold cannot "
+                           "predict them and their test samples count as errors.",
+                           name, _class_names(untrained, class_names))
         proba[test] = _scores(estimator, X[test], n_classes)
         fold_of[test] = k
         result.folds.append({"fold": k + 1, "test": name, "n_train": int(len(train)),
-                             "n_test": int(len(test)), "missing_classes": missing})
+                             "n_test": int(len(test)),
+                             "missing_classes": _class_names(sorted({*absent, *untrained}),
+                                                             class_names)})
         if keep_estimators:
             result.estimators.append(estimator)
     tested = fold_of >= 0
@@ -483,25 +574,55 @@ def cross_validate(make_estimator: Callable[[int, int], Any], X: np.ndarray, y: 
     return result
 
 
+def balanced_accuracies(labels: np.ndarray, predicted: np.ndarray,
+                        n_classes: int | None = None) -> np.ndarray:
+    """Balanced accuracy of each row of ``labels`` against ``predicted`` (vectorised).
+
+    The mean, over the classes present, of each class's recall. Samples with
+    ``predicted < 0`` (not tested) are left out. Equals scikit-learn's
+    ``balanced_accuracy_score`` on the tested samples.
+
+    Examples
+    --------
+    >>> balanced_accuracies(np.array([[0, 0, 0, 1], [0, 1, 1, 1]]),
+    ...                     np.array([[0, 0, 1, 1], [0, 0, 1, 1]])).round(3).tolist()
+    [0.833, 0.833]
+    """
+    labels = np.atleast_2d(labels)
+    predicted = np.broadcast_to(np.atleast_2d(predicted), labels.shape)
+    use = predicted >= 0
+    n_classes = int(n_classes if n_classes is not None else labels.max() + 1)
+    hits = np.zeros((len(labels), n_classes))
+    support = np.zeros((len(labels), n_classes))
+    for c in range(n_classes):
+        of_class = use & (labels == c)
+        support[:, c] = of_class.sum(axis=1)
+        hits[:, c] = (of_class & (predicted == c)).sum(axis=1)
+    present = support > 0
+    recall = np.where(present, hits / np.maximum(support, 1), 0.0)
+    return recall.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
 def _pooled_balanced_accuracy(y: np.ndarray, predicted: np.ndarray) -> float:
-    tested = predicted >= 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # classes never predicted
-        return float(balanced_accuracy_score(y[tested], predicted[tested]))
+    return float(balanced_accuracies(y, predicted)[0])
 
 
-def ridge_hat_matrices(pipeline, X: np.ndarray,
+def ridge_hat_matrices(make_estimator: Callable[[int, int], Any], X: np.ndarray,
                        splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """Per fold, the matrix ``H`` with test scores ``= H (T - mean T)`` (see below).
 
-    ``pipeline`` is an unfitted ridge decoder: every step before the ridge must
-    ignore the labels (scaling, PCA). ``H = Z_test Z_train' (Z_train Z_train' +
-    alpha I)^-1``, with ``Z`` the transformed data; since ``Z_train`` has zero mean,
-    this is exactly the score of :class:`BalancedRidgeClassifier`, whose targets
-    ``T`` are the class-balanced one-hot labels (:func:`balanced_targets`).
+    ``make_estimator(fold, n_train)`` returns the fold's unfitted ridge decoder
+    (built for that fold's own training size: the PCA size and the penalty
+    follow it): every step before the ridge must ignore the labels (scaling,
+    PCA). ``H = Z_test Z_train' (Z_train Z_train' + alpha I)^-1``, with ``Z``
+    the transformed data; since ``Z_train`` has zero mean, this is exactly the
+    score of :class:`BalancedRidgeClassifier`, whose targets ``T`` are the
+    class-balanced one-hot labels (:func:`balanced_targets`). Each ``H`` is
+    computed once and reused for every permuted label matrix (:func:`ridge_null`).
     """
     hats = []
-    for train, test in splits:
+    for k, (train, test) in enumerate(splits):
+        pipeline = make_estimator(k, len(train))
         transform = clone(pipeline[:-1])
         z_train = transform.fit_transform(X[train]).astype(np.float64)
         z_test = transform.transform(X[test]).astype(np.float64)
@@ -530,30 +651,118 @@ def ridge_null(hats: Sequence[np.ndarray], splits, permuted: np.ndarray, n_class
             scores = np.einsum("tn,bnc->btc", hat, centred)      # no class prior
             scores = np.where(present[:, None, :], scores, -np.inf)
             predicted[:, test] = scores.argmax(axis=2)
-        for offset, row in enumerate(labels):
-            null[start + offset] = _pooled_balanced_accuracy(row, predicted[offset])
+        null[start:start + len(labels)] = balanced_accuracies(labels, predicted, n_classes)
     return null
 
 
-def _refit_null(make_estimator, X, permuted, splits, n_classes, runs, fit_groups, n_jobs,
-                progress: Progress | None, fold_names: Sequence[str] | None = None
-                ) -> np.ndarray:
-    def one(index, labels):
-        with progress_context(f"permutation {index + 1}/{len(permuted)}"):
+class NullCheckpoints:
+    """Scores of finished permutations, one small JSON file each, written atomically.
+
+    A killed refit null (CNNs: permutations x folds fits) resumes from them:
+    ``permutation-NNNN.json`` holds the permutation's balanced accuracy and a
+    fingerprint of everything it depends on (decoder, its settings and seed,
+    the data's shape and a sample of its bytes, the folds, and the
+    permutation's labels); a file whose fingerprint differs
+    is ignored and overwritten. JSON keeps floats exactly, so a resumed null
+    equals an uninterrupted one bit for bit.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> store = NullCheckpoints(Path(tempfile.mkdtemp()), "abc")
+    >>> labels = np.array([0, 1])
+    >>> store.load(0, labels) is None
+    True
+    >>> store.save(0, labels, 0.25); store.load(0, labels)
+    0.25
+    """
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+
+    def _key(self, labels: np.ndarray) -> str:
+        digest = hashlib.sha256(self.fingerprint.encode())
+        digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"permutation-{index + 1:04d}.json"
+
+    def load(self, index: int, labels: np.ndarray) -> float | None:
+        """The saved score of permutation ``index``, or None (absent, unreadable, stale)."""
+        try:
+            record = json.loads(self.path(index).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("key") != self._key(labels):
+            return None
+        return float(record["balanced_accuracy"])
+
+    def save(self, index: int, labels: np.ndarray, value: float) -> None:
+        """Write the score of permutation ``index`` atomically."""
+        from bids_affect.io.derivatives import write_json
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(self.path(index), {"permutation": index + 1,
+                                      "balanced_accuracy": float(value),
+                                      "key": self._key(labels)})
+
+
+def _null_fingerprint(model: str, cnn_params: dict[str, Any] | None, seed: int, X: np.ndarray,
+                      splits: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: int,
+                      n_hashed_samples: int = 8) -> str:
+    settings = {"model": model, "cnn_params": cnn_params or {}, "seed": int(seed),
+                "n_classes": int(n_classes), "shape": list(X.shape), "dtype": str(X.dtype)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for train, test in splits:
+        for array in (train, test):
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+            digest.update(b"|")
+    for index in np.unique(np.linspace(0, len(X) - 1, n_hashed_samples).astype(np.intp)):
+        digest.update(np.ascontiguousarray(X[index]).tobytes())
+    return digest.hexdigest()
+
+
+def _refit_null(make_estimator, X, permuted: np.ndarray, splits, n_classes, runs, fit_groups,
+                n_jobs, progress: Progress | None, fold_names: Sequence[str] | None = None,
+                checkpoints: NullCheckpoints | None = None) -> np.ndarray:
+    """The null by refitting the whole cross-validation per permutation (in parallel)."""
+    n_permutations = len(permuted)
+
+    def one(index):
+        labels = permuted[index]
+        with progress_context(f"permutation {index + 1}/{n_permutations}"):
             fit = cross_validate(make_estimator, X, labels, splits, n_classes, runs=runs,
                                  fold_names=fold_names, keep_estimators=False,
                                  fit_groups=fit_groups, warn=False)
-        return _pooled_balanced_accuracy(labels, fit.predicted)
+        value = _pooled_balanced_accuracy(labels, fit.predicted)
+        if checkpoints is not None:
+            checkpoints.save(index, labels, value)
+        return value
 
-    null = []
+    scores = np.full(n_permutations, np.nan)
+    todo = []
+    for index in range(n_permutations):
+        saved = (None if checkpoints is None else
+                 checkpoints.load(index, permuted[index]))
+        if saved is None:
+            todo.append(index)
+        else:
+            scores[index] = saved
+    if checkpoints is not None and len(todo) < n_permutations:
+        LOGGER.info("%s: %d of %d permutations resumed from checkpoints", checkpoints.folder,
+                    n_permutations - len(todo), n_permutations)
+    if progress is not None:
+        progress.update(n_permutations - len(todo))
     chunk = max(1, n_jobs) * 4
     with Parallel(n_jobs=n_jobs) as parallel:
-        for start in range(0, len(permuted), chunk):
-            null.extend(parallel(delayed(one)(start + offset, row)
-                                 for offset, row in enumerate(permuted[start:start + chunk])))
+        for start in range(0, len(todo), chunk):
+            indices = todo[start:start + chunk]
+            scores[indices] = parallel(delayed(one)(index) for index in indices)
             if progress is not None:
-                progress.update(len(permuted[start:start + chunk]))
-    return np.asarray(null)
+                progress.update(len(indices))
+    return scores
 
 
 def random_split_score(make_estimator, X: np.ndarray, y: np.ndarray, n_classes: int,
@@ -631,6 +840,39 @@ def encode_labels(labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return np.array([lookup[label] for label in labels], int), classes
 
 
+#: Decoders whose null needs no refits (:func:`ridge_hat_matrices`).
+RIDGE_SHORTCUT = ("ridge", "ridge-pca")
+
+#: A refit null estimated to take longer than this (seconds) is announced as a warning.
+REFIT_NULL_WARNING_S = 600.0
+
+#: Permutation p-values coarser than this resolution are announced as a warning.
+P_RESOLUTION_WARNING = 0.01
+
+PERMUTATION_SCHEME = (
+    "circular shift of each run's label sequence (shift of at least 10% of the run); the "
+    "whole cross-validation repeated")
+
+
+def _warn_about_cost(model: str, n_permutations: int, n_jobs: int, fit_seconds: float,
+                     n_folds: int, refits: bool) -> None:
+    resolution = 1.0 / (n_permutations + 1)
+    if resolution > P_RESOLUTION_WARNING:
+        LOGGER.warning("%s: %d permutations give p-values no finer than 1/%d = %.3f (p can "
+                       "never be below it); use at least %d permutations for a resolution "
+                       "of %s.", model, n_permutations, n_permutations + 1, resolution,
+                       int(np.ceil(1 / P_RESOLUTION_WARNING)) - 1, P_RESOLUTION_WARNING)
+    if not refits:
+        return
+    estimate = fit_seconds * n_permutations / max(1, n_jobs)
+    level = logging.WARNING if estimate > REFIT_NULL_WARNING_S else logging.INFO
+    LOGGER.log(level, "%s: the permutation null refits all %d folds for each of %d "
+               "permutations; one cross-validation took %.1f s, so the null needs about "
+               "%.1f h with %d parallel job(s). Fewer permutations, more CPUs (--nprocs), "
+               "or the ridge decoder (whose null needs no refits) are faster.", model,
+               n_folds, n_permutations, fit_seconds, estimate / 3600, max(1, n_jobs))
+
+
 def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str = "ridge",
            times: np.ndarray | None = None, cv: str = "auto", n_splits: int = 5,
            gap: float = 30.0, n_permutations: int = 1000, random_state: int | None = None,
@@ -650,21 +892,25 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
     model : str
         A decoder name of :func:`list_models`.
     times : ndarray, optional
-        Acquisition time of each sample in seconds (for blocked k-fold's gap).
+        Acquisition time of each sample in seconds; required by blocked k-fold
+        with a gap (use :func:`acquisition_clock` for several runs).
     cv : {"auto", "loro", "blocked"}
         Cross-validation scheme.
     n_splits, gap : int, float
         Folds and gap (seconds) of blocked k-fold.
     n_permutations : int
-        Permutations of the null (circular shifts within runs); 0 skips the test.
+        Permutations of the null (:func:`circular_shifts`); 0 skips the test.
     random_state : int, optional
         Seed of the decoder, the permutations and the audit split.
     n_jobs : int
-        Parallel refits of the null (decoders without the ridge shortcut).
+        Parallel refits of the null (linear decoders without the ridge shortcut).
     cnn_params : dict, optional
         Settings of CNN decoders (epochs, batch size, device...).
     checkpoint_dir : Path, optional
-        Folder of per-fold CNN checkpoints (a killed run resumes from them).
+        Folder of checkpoints: CNN fold fits (``fold-K.pt``), the audit fit
+        (``audit.pt``) and each finished permutation of a refit null
+        (``null/permutation-NNNN.json``); a killed run given the same folder
+        resumes from them and ends with the same results.
     audit : bool
         Also compute ``random_split_balanced_accuracy``.
 
@@ -672,6 +918,13 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
     -------
     DecodingResult
         ``metrics`` holds the ``decoding.json`` fields.
+
+    Notes
+    -----
+    The null is that of :func:`circular_shifts`: each run's labels shifted
+    circularly and the whole cross-validation repeated (algebraically for the
+    ridge decoders, :func:`ridge_null`). ``p_permutation`` is
+    ``(1 + #{null >= observed}) / (1 + n_permutations)``.
     """
     y, classes = encode_labels(labels)
     runs = np.asarray(runs)
@@ -687,6 +940,11 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
         _, first = np.unique(runs, return_index=True)
         fold_names = [str(run) for run in runs[np.sort(first)]]
     else:
+        if times is None and gap > 0:
+            raise UsageError(f"blocked k-fold's gap is in seconds ({gap}), so it needs the "
+                             f"acquisition time of each sample", path="times",
+                             fix="pass times (acquisition_clock(run_index, seconds)), "
+                                 "or gap=0")
         clock = times if times is not None else np.arange(len(y), dtype=float)
         splits = list(splitter.split(X, y, groups=clock))
         fold_names = [f"block-{k + 1}" for k in range(len(splits))]
@@ -700,29 +958,36 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
     n_features = int(np.prod(X.shape[1:]))
     cnn = is_cnn(model)
 
-    def make_estimator(fold: int, n_train: int, _checkpoints=checkpoint_dir):
+    def make_estimator(fold: int, n_train: int, checkpoint: str | None = None):
         estimator = make_decoder(model, n_features=n_features, n_samples=n_train,
                                  random_state=model_seed, cnn_params=cnn_params)
-        if cnn and _checkpoints is not None:
-            estimator.set_params(checkpoint_path=Path(_checkpoints) / f"fold-{fold + 1}.pt")
+        if cnn and checkpoint_dir is not None and checkpoint is not None:
+            estimator.set_params(checkpoint_path=Path(checkpoint_dir) / checkpoint)
         return estimator
 
-    fit = cross_validate(make_estimator, X, y, splits, n_classes, runs=runs,
-                         fold_names=fold_names, fit_groups=cnn, class_names=classes)
+    started = time.perf_counter()
+    fit = cross_validate(lambda k, n: make_estimator(k, n, f"fold-{k + 1}.pt"), X, y, splits,
+                         n_classes, runs=runs, fold_names=fold_names, fit_groups=cnn,
+                         class_names=classes)
+    fit_seconds = time.perf_counter() - started
     metrics = decoding_metrics(y, fit.predicted, fit.proba, classes, fit.fold, fit.folds)
 
+    shortcut = model in RIDGE_SHORTCUT
     permuted = circular_shifts(y, runs, n_permutations, random_state=permutation_seed)
+    if n_permutations:
+        _warn_about_cost(model, n_permutations, 1 if cnn else n_jobs, fit_seconds,
+                         len(splits), refits=not shortcut)
     with Progress(n_permutations, desc=f"{model}: permutations") as progress:
-        if n_permutations and model in ("ridge", "ridge-pca"):
-            hats = ridge_hat_matrices(make_estimator(0, len(splits[0][0])), X, splits)
+        if n_permutations and shortcut:
+            hats = ridge_hat_matrices(make_estimator, X, splits)
             null = ridge_null(hats, splits, permuted, n_classes)
             progress.update(n_permutations)
         elif n_permutations:
-            def make_null_estimator(fold, n_train):
-                return make_estimator(fold, n_train, _checkpoints=None)
-
-            null = _refit_null(make_null_estimator, X, permuted, splits, n_classes, runs,
-                               cnn, n_jobs if not cnn else 1, progress, fold_names)
+            checkpoints = (None if checkpoint_dir is None else NullCheckpoints(
+                Path(checkpoint_dir) / "null",
+                _null_fingerprint(model, cnn_params, model_seed, X, splits, n_classes)))
+            null = _refit_null(make_estimator, X, permuted, splits, n_classes, runs, cnn,
+                               n_jobs if not cnn else 1, progress, fold_names, checkpoints)
         else:
             null = np.empty(0)
 
@@ -743,8 +1008,7 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
         "p_permutation": permutation_p_value(observed, null) if len(null) else None,
         "n_permutations": int(n_permutations),
         "p_resolution": 1.0 / (n_permutations + 1) if n_permutations else None,
-        "permutation_scheme": "circular shift of each run's label sequence (shift of at "
-                              "least 10% of the run); the whole cross-validation repeated",
+        "permutation_scheme": PERMUTATION_SCHEME,
         "per_class": metrics["per_class"],
         "macro_auc": metrics["macro_auc"],
         "fold_scores": metrics["fold_scores"],
@@ -752,11 +1016,9 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
         "confusion_matrix": metrics["confusion_matrix"],
     }
     if audit:
-        def make_audit_estimator(fold, n_train):
-            return make_estimator(fold, n_train, _checkpoints=None)
-
         metrics["random_split_balanced_accuracy"] = random_split_score(
-            make_audit_estimator, X, y, n_classes, random_state=audit_seed)
+            lambda k, n: make_estimator(k, n, "audit.pt"), X, y, n_classes,
+            random_state=audit_seed)
         metrics["random_split_note"] = (
             "balanced accuracy of the same decoder on the peers' random 80/20 split of "
             "volumes; neighbouring volumes leak across it, so it is inflated. Reported for "

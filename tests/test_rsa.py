@@ -173,6 +173,75 @@ def test_compute_rdm_refuses_bad_input(rng):
         rsa.compute_rdm(broken, labels)
 
 
+#: Classes of each cross-validation fold in the fold-averaged tests: every pair meets in one.
+FOLD_CLASSES = [(0, 1, 2, 3), (2, 3, 4, 5), (0, 1, 4, 5)]
+
+
+def _fold_features(rng, means, transform: str, per_class=10, noise=1.0):
+    """Per fold: noisy samples of its classes, in a feature space of the fold's own.
+
+    ``rotation``: a random orthogonal map of the features plus a large offset
+    (as two networks' units are); ``permutation``: shuffled units, rescaled.
+    """
+    n_features = means.shape[1]
+    features, labels = [], []
+    for fold in FOLD_CLASSES:
+        names = np.repeat([CLASSES[c] for c in fold], per_class)
+        X = means[np.searchsorted(CLASSES, names)] + noise * rng.normal(size=(len(names),
+                                                                               n_features))
+        if transform == "rotation":
+            q, r = np.linalg.qr(rng.normal(size=(n_features, n_features)))
+            X = X @ (q * np.sign(np.diag(r))) + 5 * rng.normal(size=n_features)
+        else:
+            X = X[:, rng.permutation(n_features)] * rng.uniform(0.5, 2.0)
+        features.append(X)
+        labels.append(names)
+    return features, labels
+
+
+@pytest.mark.parametrize(("distance", "transform"), [("euclidean", "rotation"),
+                                                     ("correlation", "permutation")])
+def test_fold_averaged_rdm_recovers_geometry_across_feature_spaces(rng, distance, transform):
+    means = rng.normal(size=(len(CLASSES), 3)) @ rng.normal(size=(3, 40))
+    planted = pdist(means, distance)
+    features, labels = _fold_features(rng, means, transform)
+    rdm, n_folds = rsa.fold_averaged_rdm(features, labels, distance=distance)
+    assert list(rdm.index) == CLASSES == list(n_folds.columns)
+    assert stats.spearmanr(planted, _upper(rdm)).statistic >= 0.9
+    pooled = rsa.compute_rdm(np.concatenate(features), np.concatenate(labels),
+                             distance=distance)
+    if transform == "rotation":  # class means pooled across feature spaces lose the geometry
+        assert stats.spearmanr(planted, _upper(pooled)).statistic < 0.7
+    assert n_folds.loc["anger", "fear"] == 2 and n_folds.loc["anger", "happiness"] == 1
+    assert (np.diag(n_folds) == 2).all()
+
+
+def test_fold_averaged_rdm_averages_each_pair_over_the_folds_holding_it(rng):
+    means = rng.normal(size=(len(CLASSES), 8))
+    features, labels = _fold_features(rng, means, "permutation")
+    rdm, n_folds = rsa.fold_averaged_rdm(features, labels, classes=CLASSES[::-1])
+    per_fold = [rsa.compute_rdm(X, names) for X, names in zip(features, labels)]
+    # anger and fear meet in folds 1 and 3, anger and happiness in fold 1 only
+    assert rdm.loc["anger", "fear"] == pytest.approx(
+        (per_fold[0].loc["anger", "fear"] + per_fold[2].loc["anger", "fear"]) / 2)
+    assert rdm.loc["anger", "happiness"] == pytest.approx(per_fold[0].loc["anger", "happiness"])
+    assert list(rdm.index) == CLASSES[::-1] and np.allclose(rdm, rdm.T)
+    single, counts = rsa.fold_averaged_rdm(features[:1], labels[:1])
+    pd.testing.assert_frame_equal(single, per_fold[0])
+    assert (counts.to_numpy() == 1).all()
+
+
+def test_fold_averaged_rdm_refuses_pairs_no_fold_holds(rng):
+    means = rng.normal(size=(len(CLASSES), 8))
+    features, labels = _fold_features(rng, means, "permutation")
+    with pytest.raises(InputDataError, match="'happiness' and 'sadness' never occur in the same"):
+        rsa.fold_averaged_rdm(features[::2], labels[::2])  # folds 1 and 3
+    with pytest.raises(InputDataError, match="'joy' has no samples in any fold"):
+        rsa.fold_averaged_rdm(features, labels, classes=["anger", "joy", "fear"])
+    with pytest.raises(UsageError, match="per fold"):
+        rsa.fold_averaged_rdm(features, labels[:2])
+
+
 # --------------------------------------------------------------------------- TSV form
 
 
@@ -382,6 +451,31 @@ def test_compare_rdms_table(rng):
         result = rsa.mantel_test(rdms[row.rdm_a], rdms[row.rdm_b], method=row.method)
         assert (row.r, row.p) == (result.statistic, result.p_value)
     assert table.p.iloc[0] < 0.05  # planted brain geometry against the true means
+
+
+def test_compare_rdms_table_on_shared_classes(rng):
+    brain = _random_rdm(rng, 6)
+    brain.index = brain.columns = CLASSES
+    model = brain.loc[CLASSES[:5], CLASSES[:5]] ** 2  # a model without surprise
+    valence = _rdm(squareform(pdist(rng.normal(size=(4, 1)))), ["joy", *CLASSES[3:0:-1]])
+    with pytest.raises(InputDataError, match="has no class 'surprise'"):
+        rsa.compare_rdms_table({"brain": brain, "model": model})
+    table = rsa.compare_rdms_table({"brain": brain, "model": model, "valence": valence},
+                                   shared_classes=True)
+    assert table.n_permutations.tolist() == [120, 6, 6]  # 5, 3 and 3 shared classes
+    shared = rsa.shared_class_names({"brain": brain, "valence": valence}, "brain", "valence")
+    assert shared == ["fear", "happiness", "love"]
+    assert table.r.iloc[1] == rsa.mantel_test(brain.loc[shared, shared],
+                                              valence.loc[shared, shared],
+                                              method="spearman").statistic
+    assert table.r.iloc[0] == pytest.approx(1.0)
+    with pytest.raises(InputDataError, match="at least 3 classes; got 2"):
+        rsa.compare_rdms_table({"brain": brain, "other": valence.iloc[:3, :3]},
+                               shared_classes=True)
+    same = {name: _random_rdm(rng, 9) for name in ("a", "b", "c")}
+    pd.testing.assert_frame_equal(
+        rsa.compare_rdms_table(same, n_permutations=99, random_state=1),
+        rsa.compare_rdms_table(same, n_permutations=99, random_state=1, shared_classes=True))
 
 
 def test_compare_rdms_table_monte_carlo_and_empty(rng):

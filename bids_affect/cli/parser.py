@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from bids_affect.__about__ import __version__
-from bids_affect.config import Config, draw_seed
-from bids_affect.exceptions import UnknownAnalysisLevel, UsageError
+from bids_affect.config import AnalysisConfig, Config, draw_seed
+from bids_affect.exceptions import BidsAffectError, UnknownAnalysisLevel, UsageError
 
 ANALYSIS_LEVELS = ("participant", "group")
 NIPYPE_PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph", "LegacyMultiProc")
@@ -92,6 +92,7 @@ def _probability(text: str) -> float:
 def _build_parser() -> argparse.ArgumentParser:
     """Build the parser (no parsing, no checks)."""
     from bids_affect.analyses import list_analyses
+    from bids_affect.atlases import roi_atlas_help
     from bids_affect.decoding import list_models
     from bids_affect.io.annotations import list_presets
     from bids_affect.rsa import DISTANCES
@@ -227,7 +228,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="samples per class to occlude (default 10)")
     g.add_argument("--occlusion-precision", choices=("float32", "bfloat16"),
                    dest="analysis.occlusion_precision",
-                   help="occlusion arithmetic; bfloat16 is faster and approximate")
+                   help="occlusion arithmetic: float32 (default), or bfloat16, which is "
+                        "approximate (the sidecar reports its error relative to the map), "
+                        "measured slower than float32 on CPUs and may help on GPUs")
     g.add_argument("--top-k", type=_positive_int, dest="analysis.top_k", metavar="K",
                    help="top voxels per occlusion map (default 500)")
     g.add_argument("--rdm-distance", choices=DISTANCES,
@@ -237,13 +240,16 @@ def _build_parser() -> argparse.ArgumentParser:
                                         "(default spearman)")
     g.add_argument("--rsa-reference", nargs="+", type=_name_path,
                    dest="analysis.rsa_reference", metavar="NAME=PATH",
-                   help="reference RDMs (TSV with a 'class' column and one column per class)")
+                   help="reference RDMs (TSV with a 'class' column and one column per "
+                        "class, 3 or more) compared with the brain and model RDMs on the "
+                        "classes they share; NAME must differ from the brain, ROI and model "
+                        "RDMs' names")
     g.add_argument("--rsa-permutations", type=_non_negative_int,
                    dest="analysis.rsa_permutations", metavar="N",
                    help="Mantel permutations when exact enumeration is impossible "
                         "(more than 8 classes; default 10000)")
-    g.add_argument("--roi-atlas", dest="analysis.roi_atlas", metavar="ATLAS",
-                   help="ROI atlas for RSA by region (arrives with the encoding release)")
+    g.add_argument("--roi-atlas", dest="analysis.roi_atlas", metavar="ATLAS[:ROI,...]",
+                   help=roi_atlas_help())
     return parser
 
 
@@ -270,7 +276,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
                   "execution.output_dir": namespace.pop("output_dir"),
                   "execution.analysis_level": namespace.pop("analysis_level")}
 
-    config = Config.from_toml(config_file) if config_file else Config()
+    converters = {action.dest: action.type for action in parser._actions
+                  if callable(action.type) and action.type not in (Path, str)}
+    config = Config.from_toml(config_file, converters=converters) if config_file else Config()
     config = Config.from_dict(_nested({**namespace, **positional}), base=config,
                               source="command line")
     if filter_file is not None:
@@ -289,12 +297,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 def _read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
-    try:
-        content = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as err:
-        raise UsageError("plugin file does not exist", path=path) from err
-    except yaml.YAMLError as err:
-        raise UsageError(f"plugin file is not valid YAML ({err})", path=path) from err
+    from bids_affect.io.files import read_settings_file
+
+    content = read_settings_file(path, "plugin file", yaml.safe_load, (yaml.YAMLError,),
+                                 "YAML") or {}
     if not isinstance(content, dict) or "plugin" not in content:
         raise UsageError("plugin file must hold 'plugin' (and optionally 'plugin_args')",
                          path=path, fix="write e.g. 'plugin: MultiProc' and "
@@ -304,6 +310,72 @@ def _read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
 
 def _inside(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
+
+
+def _as_usage_error(option: str, err: BidsAffectError) -> UsageError:
+    """An error found while checking an option's value, as exit 64 naming the option.
+
+    Errors about files (data, missing) keep the file; usage errors name the option only.
+    """
+    path = None if isinstance(err, UsageError) else err.path
+    return UsageError(f"{option}: {err.problem}", path=path, fix=err.fix)
+
+
+def _check_roi_atlas(an: AnalysisConfig, space: str) -> list[str]:
+    """Check ``--roi-atlas`` (atlas, ROIs, the space it needs); return its ROI names."""
+    from bids_affect.atlases import is_standard_space, parse_roi_atlas
+
+    if an.roi_atlas is None:
+        return []
+    option = f"--roi-atlas {an.roi_atlas}"
+    if "rsa" not in an.analyses:
+        raise UsageError(f"{option}: the ROIs serve per-region analyses (rsa), and none is "
+                         "asked", fix="add rsa to --analyses, or leave --roi-atlas out")
+    try:
+        roi_atlas = parse_roi_atlas(an.roi_atlas)
+    except BidsAffectError as err:
+        raise _as_usage_error(option, err) from None
+    if not roi_atlas.is_user_atlas and not is_standard_space(space):
+        raise UsageError(f"{option}: the {roi_atlas.atlas} atlas is in MNI152 space, but "
+                         f"--space is {space}",
+                         fix="analyse outputs in an MNI152 space (--space "
+                             "MNI152NLin2009cAsym), or give an atlas in the data's space as "
+                             "a NIfTI dseg with a TSV of labels")
+    return list(roi_atlas.rois)
+
+
+def _check_rsa_references(an: AnalysisConfig, rois: list[str]) -> None:
+    """Reference RDMs: valid files of 3+ classes, under names no other RDM writes."""
+    from bids_affect.decoding import is_cnn
+    from bids_affect.io.derivatives import desc_label
+    from bids_affect.rsa import brain_rdm_name, model_rdm_name, read_rdm
+
+    # Output names compare case-insensitively: they must differ on any file system.
+    reserved = {brain_rdm_name().lower(): "the whole-mask brain RDM"}
+    reserved.update({brain_rdm_name(roi).lower(): f"the brain RDM of ROI {roi}"
+                     for roi in rois})
+    reserved.update({model_rdm_name(model).lower(): f"the model RDM of {model}"
+                     for model in an.models if is_cnn(model)})
+    given: dict[str, str] = {}
+    for name, path in an.rsa_reference.items():
+        option = f"--rsa-reference {name}"
+        try:
+            label = desc_label(name)
+            rdm = read_rdm(path)
+        except BidsAffectError as err:
+            raise _as_usage_error(option, err) from None
+        if label.lower() in reserved:
+            raise UsageError(f"{option}: desc-{label}_rdm.tsv is {reserved[label.lower()]}",
+                             fix="give the reference another name")
+        if label.lower() in given:
+            raise UsageError(f"{option}: references {given[label.lower()]!r} and {name!r} "
+                             f"would both write desc-{label}_rdm.tsv (names keep letters and "
+                             "digits only)", fix="give each reference its own name")
+        given[label.lower()] = name
+        if len(rdm) < 3:
+            raise UsageError(f"{option}: the RDM holds {len(rdm)} classes; comparing RDMs "
+                             "needs 3 or more", path=path, fix="give an RDM of 3 or more "
+                                                               "classes")
 
 
 def check_config(config: Config) -> None:
@@ -325,8 +397,9 @@ def check_config(config: Config) -> None:
     bids_dir = ex.bids_dir.expanduser().resolve()
     output_dir = ex.output_dir.expanduser().resolve()
     work_dir = ex.work_dir.expanduser().resolve()
-    if _inside(output_dir, bids_dir) and (bids_dir / "derivatives") not in output_dir.parents:
-        raise UsageError("output_dir is bids_dir or inside it", path=ex.output_dir,
+    if _inside(output_dir, bids_dir) and output_dir.parent != bids_dir / "derivatives":
+        raise UsageError("output_dir is bids_dir or inside it (only bids_dir/derivatives/"
+                         "<name> is allowed there)", path=ex.output_dir,
                          fix="write outputs outside bids_dir, or to "
                              "bids_dir/derivatives/<name>")
     if _inside(work_dir, bids_dir):
@@ -350,10 +423,6 @@ def check_config(config: Config) -> None:
     if ex.reports_only:
         raise UsageError("--reports-only is not available yet: HTML reports arrive with the "
                          "reports release", fix="run without --reports-only")
-    if config.analysis.roi_atlas is not None:
-        raise UsageError("--roi-atlas is not available yet: ROI analyses arrive with the "
-                         "encoding release", fix="run without --roi-atlas")
-
     an = config.analysis
     an.analyses = check_analyses(an.analyses, an.models)
     an.models = check_models(an.models)
@@ -366,10 +435,7 @@ def check_config(config: Config) -> None:
         if method not in METHODS:
             raise UsageError(f"--rsa-methods: {method!r} is unknown",
                              fix=f"use one of {', '.join(METHODS)}")
-    for name, path in an.rsa_reference.items():
-        if not Path(path).is_file():
-            raise UsageError(f"reference RDM '{name}' does not exist", path=path,
-                             fix="give NAME=PATH of a TSV file")
+    _check_rsa_references(an, _check_roi_atlas(an, ex.space))
     if config.nipype.plugin not in NIPYPE_PLUGINS:
         raise UsageError(f"nipype plugin {config.nipype.plugin!r} is not supported",
                          fix=f"use one of {', '.join(NIPYPE_PLUGINS)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import traceback
 import warnings
@@ -53,6 +52,19 @@ def _error_line(err: BaseException) -> str:
     return f"bids_affect: error: {' '.join(str(err).split())}"
 
 
+def _report(err: BaseException, debug: bool) -> int:
+    """Print the one-line message of ``err`` (and, with --debug, its traceback)."""
+    if debug:
+        traceback.print_exception(err)
+    if isinstance(err, BidsAffectError):
+        print(_error_line(err), file=sys.stderr)
+        return err.exit_code
+    print(f"bids_affect: error: unexpected failure ({type(err).__name__}: "
+          f"{' '.join(str(err).split())[:300]}); fix: rerun with --debug for the traceback "
+          "and report it", file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the BIDS-App; return its exit code (the console script exits with it)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -60,13 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from bids_affect.cli.parser import parse_args
 
         config = parse_args(argv)
-    except BidsAffectError as err:
-        if debug:
-            traceback.print_exc()
-        print(_error_line(err), file=sys.stderr)
-        return err.exit_code
     except SystemExit as exit_:  # --help, --version
         return int(exit_.code or 0)
+    except Exception as err:  # every failure: one line and a code
+        return _report(err, debug)
 
     _setup_logging(config.execution.verbose, config.execution.debug)
     if config.nipype.omp_nthreads:
@@ -75,24 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         from bids_affect.workflows.base import run_bids_app
 
         run_bids_app(config)
-    except BidsAffectError as err:
-        if config.execution.debug:
-            traceback.print_exc()
-        print(_error_line(err), file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print("bids_affect: interrupted; rerun the same command to resume from the work "
               "directory", file=sys.stderr)
         return 130
     except Exception as err:  # the last resort maps to exit 1
-        if config.execution.debug:
-            traceback.print_exc()
-        print(f"bids_affect: error: unexpected failure ({type(err).__name__}: "
-              f"{' '.join(str(err).split())[:300]}); fix: rerun with --debug for the traceback "
-              "and report it", file=sys.stderr)
-        return EXIT_FAILURE
-    if config.execution.clean_workdir:
-        shutil.rmtree(config.execution.work_dir, ignore_errors=True)
+        return _report(err, config.execution.debug)
     return EXIT_SUCCESS
 
 

@@ -23,6 +23,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,7 @@ class SyntheticParameters:
     with_derivatives: bool = True
     seed: int = 0
     subject_labels: tuple[str, ...] = field(default_factory=tuple)
+    sessions: tuple[str, ...] = field(default_factory=tuple)
 
 
 def make_synthetic_dataset(path: str | Path, *, null: bool = False, **params) -> Path:
@@ -111,7 +113,8 @@ def make_synthetic_dataset(path: str | Path, *, null: bool = False, **params) ->
         ``scene_duration`` (min, max seconds), ``neutral_fraction``, ``hrf``
         (``"spm"`` canonical HRF or ``"delay"``: a boxcar shifted by
         ``hrf_lag``), ``start_time`` (written as ``StartTime``),
-        ``with_derivatives``, ``seed``.
+        ``with_derivatives``, ``seed``, ``subject_labels`` (default 01, 02...),
+        ``sessions`` (session labels, each holding every run; default none).
 
     Returns
     -------
@@ -144,11 +147,15 @@ def make_synthetic_dataset(path: str | Path, *, null: bool = False, **params) ->
     if p.with_derivatives:
         _write_fmriprep_description(root / "derivatives" / "fmriprep")
 
-    for subject in subjects:
-        func = root / f"sub-{subject}" / "func"
+    p.sessions = tuple(str(label) for label in p.sessions)
+    for subject, session in itertools.product(subjects, p.sessions or [None]):
+        folder = Path(f"sub-{subject}") / (f"ses-{session}" if session else "") / "func"
+        func = root / folder
         func.mkdir(parents=True, exist_ok=True)
         for run, n_vol in enumerate(n_volumes, start=1):
-            entities = f"sub-{subject}_task-{p.task}_run-{run}"
+            entities = "_".join(part for part in (
+                f"sub-{subject}", f"ses-{session}" if session else None, f"task-{p.task}",
+                f"run-{run}") if part)
             scenes = make_scenes(n_vol * p.tr + (p.start_time or 0.0), p.classes, p.scene_duration,
                                  p.neutral_fraction, rng)
             events_table(scenes, p.classes, rng).to_csv(
@@ -164,7 +171,7 @@ def make_synthetic_dataset(path: str | Path, *, null: bool = False, **params) ->
                           "trial_type": true_labels}).to_csv(
                 truth / f"{entities}_labels.tsv", sep="\t", index=False, na_rep="n/a")
             if p.with_derivatives:
-                _write_fmriprep_run(root / "derivatives" / "fmriprep", subject, entities,
+                _write_fmriprep_run(root / "derivatives" / "fmriprep" / folder, entities,
                                     image, brain, affine, motion, p)
     (truth / "parameters.json").write_text(
         json.dumps({**asdict(p), "null": null, "n_volumes": n_volumes}, indent=2) + "\n")
@@ -451,10 +458,9 @@ def _write_fmriprep_description(folder: Path) -> None:
     })
 
 
-def _write_fmriprep_run(folder: Path, subject: str, entities: str, image: nib.Nifti1Image,
+def _write_fmriprep_run(func: Path, entities: str, image: nib.Nifti1Image,
                         brain: np.ndarray, affine: np.ndarray, motion: np.ndarray,
                         p: SyntheticParameters) -> None:
-    func = folder / f"sub-{subject}" / "func"
     func.mkdir(parents=True, exist_ok=True)
     space = f"{entities}_space-{p.space}"
     image.to_filename(func / f"{space}_desc-preproc_bold.nii.gz")

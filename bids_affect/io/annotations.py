@@ -247,6 +247,10 @@ def _schema_problem(value: Any, schema: Mapping[str, Any] | None = None) -> str 
     """The most relevant violation of the label spec schema by ``value``, or None."""
     import jsonschema
 
+    non_finite = _non_finite_field(value)
+    if non_finite is not None:
+        where = f"field {non_finite!r}: " if non_finite else ""
+        return f"{where}must be a finite number (NaN and infinity are not allowed)"
     validator = jsonschema.Draft202012Validator(_schema() if schema is None else schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is None:
@@ -254,6 +258,23 @@ def _schema_problem(value: Any, schema: Mapping[str, Any] | None = None) -> str 
     where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
                     for part in error.absolute_path).lstrip(".")
     return f"field {where!r}: {error.message}" if where else error.message
+
+
+def _non_finite_field(value: Any, where: str = "") -> str | None:
+    """Dotted path of the first NaN or infinite number in ``value`` ("" for itself), or None.
+
+    JSON Schema's numeric bounds let NaN through (every comparison with it is false),
+    and Python's JSON reader accepts ``NaN`` and ``Infinity``.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) \
+        if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite_field(item, f"{where}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
 
 
 def _preset_folder():

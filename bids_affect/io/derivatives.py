@@ -54,11 +54,13 @@ class OutputKind:
     Parameters
     ----------
     suffix : str
-        BIDS suffix (``events``, ``decoding``, ``statmap``...).
+        BIDS suffix (``events``, ``decoding``, ``statmap``...); empty for reports
+        (``sub-01.html``).
     extension : str
         File extension with its dot; ``None`` when the caller chooses (models).
     folder : str
-        ``func``, ``models``, ``figures`` (under ``sub-X/``) or ``group``.
+        ``func``, ``models``, ``figures`` (under ``sub-X/``), ``group``, or ``.``
+        (the dataset's root: reports).
     required : tuple of str
         Entities the caller must give.
     fixed : dict
@@ -93,15 +95,23 @@ OUTPUTS: dict[str, OutputKind] = {
     "rdm": OutputKind("rdm", ".tsv", "func", _MODEL),
     "rsa_statistics": OutputKind("statistics", ".tsv", "func", _SUBJECT_TASK, {"desc": "rsa"}),
     "figure": OutputKind("figure", None, "figures", ("subject",)),
+    "encoding_map": OutputKind("statmap", ".nii.gz", "func", ("subject", "task", "space",
+                                                              "desc"), {"stat": "r"}),
+    "encoding_roi": OutputKind("roi", ".tsv", "func", _MODEL),
+    "report": OutputKind("", ".html", ".", ("subject",)),
+    "group_report": OutputKind("group", ".html", ".", ()),
     "group_withinsubject": OutputKind("withinsubject", ".tsv", "group", ("task", "desc")),
     "group_decoding": OutputKind("decoding", ".tsv", "group", ("task", "desc")),
+    "group_statmap": OutputKind("statmap", ".nii.gz", "group", ("task", "space", "desc"),
+                                {"stat": "t"}),
 }
 
 #: Non-standard outputs that the bids-validator must skip (``.bidsignore``): every
 #: file of these suffixes (data and JSON sidecar), and the app's own folders.
 BIDSIGNORE = (
     "*_desc-labels_events.*",
-    *sorted({f"*_{kind.suffix}.*" for name, kind in OUTPUTS.items() if name != "labels"}),
+    *sorted({f"*_{kind.suffix}.*" for name, kind in OUTPUTS.items()
+             if name != "labels" and kind.folder != "."}),
     "*.html",
     "sub-*/models",
     "sub-*/figures",
@@ -172,9 +182,9 @@ def output_path(output_dir: Path, kind: str, *, extension: str | None = None,
     ext = extension if extension is not None else spec.extension
     if ext is None:
         raise UsageError(f"output {kind!r} needs an explicit extension")
-    filename = "_".join([*parts, suffix or spec.suffix]) + ext
-    if spec.folder == "group":
-        return Path(output_dir) / "group" / filename
+    filename = "_".join(part for part in [*parts, suffix or spec.suffix] if part) + ext
+    if spec.folder in ("group", "."):
+        return Path(output_dir) / spec.folder / filename
     return Path(output_dir) / f"sub-{values['subject']}" / spec.folder / filename
 
 
@@ -197,8 +207,11 @@ def parse_entities(filename: str) -> dict[str, str]:
     >>> parse_entities("sub-01_task-movie_desc-ridge_decoding.json")
     {'subject': '01', 'task': 'movie', 'desc': 'ridge'}
     """
+    parts = Path(filename).name.split(".", 1)[0].split("_")
+    if "-" not in parts[-1]:  # the suffix (reports have none: sub-01.html)
+        parts = parts[:-1]
     entities = {}
-    for part in Path(filename).name.split("_")[:-1]:
+    for part in parts:
         key, _, value = part.partition("-")
         if key in _KEY_TO_ENTITY and value:
             entities[_KEY_TO_ENTITY[key]] = value
@@ -482,6 +495,71 @@ def citation_text(methods: str = "") -> str:
     return text
 
 
+def check_writable_dir(path: Path, what: str = "output directory", *,
+                       create: bool = True) -> Path:
+    """Check that ``path`` is (or can become) a writable folder; create it when asked.
+
+    With ``create=False`` nothing is written: the nearest existing folder above
+    ``path`` must be writable, so inputs can be checked before any output exists.
+
+    Raises
+    ------
+    OutputError
+        Exit 73, naming the folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> check_writable_dir(root / "a" / "b", create=False).exists()
+    False
+    """
+    path = Path(path)
+    fix = f"choose a writable {what} or fix its permissions"
+    if not create:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise OutputError(f"cannot create the {what}: {existing} is not a folder",
+                              path=path, fix=fix)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot create the {what}: {existing} is not writable",
+                              path=path, fix=fix)
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the {what} ({err.strerror})", path=path,
+                          fix=fix) from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"the {what} is not writable", path=path, fix=fix)
+    return path
+
+
+def foreign_dataset(output_dir: Path) -> str | None:
+    """Name of the pipeline that made the dataset in ``output_dir``, when not bids_affect.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> foreign_dataset(Path(tempfile.mkdtemp())) is None
+    True
+    """
+    description = Path(output_dir) / "dataset_description.json"
+    if not description.is_file():
+        return None
+    try:
+        content = json.loads(description.read_text())
+    except (OSError, ValueError):
+        return "an unreadable dataset_description.json"
+    generated = content.get("GeneratedBy") if isinstance(content, dict) else None
+    names = [str(item.get("Name")) for item in generated or [] if isinstance(item, dict)]
+    if names and names[0] == "bids_affect":
+        return None
+    if content.get("DatasetType", "raw") == "raw" and not names:
+        return "a raw BIDS dataset"
+    return names[0] if names else "another pipeline"
+
+
 def init_derivatives(output_dir: Path, source_dir: Path | None = None,
                      links: Mapping[str, Path] | None = None, methods: str = "") -> None:
     """Create the derivatives dataset's top-level files (safe for concurrent jobs).
@@ -489,15 +567,7 @@ def init_derivatives(output_dir: Path, source_dir: Path | None = None,
     Every job writes the same content with atomic renames, so participant jobs
     started at once on one ``output_dir`` leave a consistent dataset.
     """
-    output_dir = Path(output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create output directory ({err.strerror})", path=output_dir,
-                          fix="choose a writable location or fix its permissions") from err
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise OutputError("output directory is not writable", path=output_dir,
-                          fix="choose a writable location or fix its permissions")
+    output_dir = check_writable_dir(output_dir)
     remove_stale_temporaries(output_dir)
     write_json(output_dir / "dataset_description.json", dataset_description(source_dir, links))
     write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")

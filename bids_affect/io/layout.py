@@ -36,6 +36,7 @@ from bids_affect.exceptions import (
     NoDataSelected,
     UsageError,
 )
+from bids_affect.io.files import read_settings_file
 
 LOGGER = logging.getLogger("bids_affect.layout")
 
@@ -238,18 +239,14 @@ def build_queries(bids_filters: Mapping[str, Mapping[str, Any]] | None) -> dict[
 
 def load_filter_file(path: Path) -> dict[str, Any]:
     """Read a ``--bids-filter-file`` (JSON object of queries)."""
-    try:
-        content = json.loads(Path(path).read_text())
-    except FileNotFoundError as err:
-        raise UsageError("BIDS filter file does not exist", path=path,
-                         fix="give the path of an existing JSON file") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"BIDS filter file is not valid JSON ({err})", path=path,
-                         fix='write a JSON object such as {"bold": {"session": "1"}}') from err
+    content = read_settings_file(path, "BIDS filter file", json.loads, (ValueError,), "JSON")
     if not isinstance(content, dict):
         raise UsageError("BIDS filter file must hold a JSON object", path=path,
                          fix='write a JSON object such as {"bold": {"session": "1"}}')
-    build_queries(content)
+    try:
+        build_queries(content)
+    except UsageError as err:
+        raise UsageError(err.problem, path=path, fix=err.fix) from None
     return content
 
 
@@ -310,11 +307,11 @@ def _run_record(layout, bold, space: str | None) -> RunRecord:
     path = Path(bold.path)
     header = read_header(path)
     tr = check_repetition_time(path, metadata, header)
-    shape = tuple(int(n) for n in header.get_data_shape())
+    shape = check_bold_shape(path, header)
     record = dict(
         subject=entities["subject"], session=entities.get("session"), task=entities["task"],
         run=_as_int(entities.get("run")), raw_bold=path, bold=path, tr=tr,
-        n_volumes=shape[3] if len(shape) > 3 else 1, shape=shape,
+        n_volumes=shape[3], shape=shape,
         start_time=float(metadata.get("StartTime", 0.0) or 0.0),
         slice_timing=tuple(metadata["SliceTiming"]) if metadata.get("SliceTiming") else None,
         events=_find_events(layout, bold), entities=entities,
@@ -343,6 +340,17 @@ def read_header(path: Path):
     except Exception as err:  # nibabel raises many types for corrupt files
         raise InputDataError(f"cannot read NIfTI file ({type(err).__name__}: {err})", path=path,
                              fix="re-copy or re-convert the file; check it with nib-ls") from err
+
+
+def check_bold_shape(path: Path, header) -> tuple[int, ...]:
+    """Shape of a BOLD series from its header; anything but 4D with 2+ volumes is 65."""
+    shape = tuple(int(n) for n in header.get_data_shape())
+    if len(shape) != 4 or shape[3] < 2:
+        raise InputDataError(
+            f"BOLD file is not a time series (shape {shape}; expected 4D with 2 or more "
+            "volumes)", path=path,
+            fix="give the run's 4D BOLD series, not a single volume or a reference image")
+    return shape
 
 
 def check_repetition_time(path: Path, metadata: Mapping[str, Any], header) -> float:
@@ -408,9 +416,12 @@ def _find_fmriprep_files(layout, entities: Mapping[str, Any], space: str,
     mask = get(space=space, desc="brain", suffix="mask", extension=[".nii", ".nii.gz"])
     confounds = get(desc="confounds", suffix=["timeseries", "regressors"], extension=".tsv")
     preproc_path = Path(preproc[0])
-    header = read_header(preproc_path)
-    shape = tuple(int(n) for n in header.get_data_shape())
-    return {"bold": preproc_path, "space": space, "shape": shape,
-            "n_volumes": shape[3] if len(shape) > 3 else 1,
+    shape = check_bold_shape(preproc_path, read_header(preproc_path))
+    # fMRIPrep's slice-timing correction moves every slice to the time it records as
+    # StartTime in the preprocessed BOLD's sidecar; that time, when given, labels volumes.
+    start_time = layout.get_metadata(str(preproc_path)).get("StartTime")
+    found = {} if start_time is None else {"start_time": float(start_time)}
+    return {**found, "bold": preproc_path, "space": space, "shape": shape,
+            "n_volumes": shape[3],
             "mask": Path(mask[0]) if mask else None,
             "confounds": Path(confounds[0]) if confounds else None}

@@ -110,8 +110,8 @@ def check_dataset(bids_dir: Path, participants: Sequence[str], work_dir: Path) -
     errors = validate_dataset(bids_dir, participants, work_dir)
     if not errors:
         return
-    for error in errors:
-        LOGGER.error("bids-validator: %s: %s", error, error.message[:300])
+    for error in errors:  # the details go to the debug log; the user sees one line
+        LOGGER.debug("bids-validator: %s: %s", error, error.message[:300])
     shown = "; ".join(str(error) for error in errors[:N_ERRORS_SHOWN])
     more = f" (+{len(errors) - N_ERRORS_SHOWN} more)" if len(errors) > N_ERRORS_SHOWN else ""
     raise BIDSValidationFailed(

@@ -13,7 +13,11 @@ Early stopping uses an inner validation split that is blocked in time
 expected in temporal order (runs in order, volumes in order within a run), and
 the last ``validation_fraction`` of each run (``groups``) is held out with a gap
 of ``validation_gap`` volumes before it, so validation volumes never neighbour
-training volumes.
+training volumes. A class whose samples all fall in those held-out blocks (a
+rare class at the end of a run, which a circular shift of the labels can put
+there) is treated as missing, as a decoder treats a class absent from its
+training fold: the network is trained without it and gives it probability 0
+(``untrained_classes_``, with a warning).
 
 Examples
 --------
@@ -30,7 +34,9 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +50,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from bids_affect.__about__ import __version__
 from bids_affect.exceptions import InputDataError, UsageError
 from bids_affect.io.derivatives import write_torch
-from bids_affect.models.cnn3d import VolumeClassifier, create_architecture
+from bids_affect.models.cnn3d import VolumeClassifier, create_architecture, with_all_classes
 from bids_affect.models.training import (
     TrainingOptions,
     VolumeBatches,
@@ -114,6 +120,11 @@ def _to_python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _names(labels: np.ndarray) -> list:
+    """Class labels as plain Python values, for messages (``['joy']``, not ``np.str_``)."""
+    return [_to_python(label) for label in labels]
+
+
 @fill_doc
 class CNN3DClassifier(ClassifierMixin, BaseEstimator):
     """A 3D CNN from the architecture registry, trained as a scikit-learn classifier.
@@ -138,7 +149,12 @@ class CNN3DClassifier(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : numpy.ndarray
-        Class labels, sorted.
+        Class labels, sorted (every class of ``y``).
+    untrained_classes_ : numpy.ndarray
+        Classes of ``y`` whose samples all fell in the held-out validation
+        block (a rare class at the end of a run): the network was trained
+        without them and gives them probability 0, as a decoder gives a class
+        absent from its training fold. Usually empty; a warning names them.
     network_ : VolumeClassifier
         The trained network (weights of the best validation epoch), in eval mode.
     history_ : list of dict
@@ -260,18 +276,36 @@ class CNN3DClassifier(ClassifierMixin, BaseEstimator):
         train, validation = blocked_validation_split(len(volumes), groups,
                                                      self.validation_fraction,
                                                      self.validation_gap)
-        absent = np.setdiff1d(np.arange(len(classes)), codes[train])
-        if len(absent):
+        trained = np.unique(codes[train])
+        untrained = np.setdiff1d(np.arange(len(classes)), trained)
+        if len(trained) < 2:
             raise InputDataError(
-                f"classes {classes[absent].tolist()} have no training sample once the last "
-                f"validation_fraction={self.validation_fraction} of each run is held out",
-                path="y", fix="give more samples of these classes, pass groups (runs), or "
-                              "lower validation_fraction")
-        result = fit_network(volumes, codes, train, validation, n_classes=len(classes),
+                f"only classes {_names(classes[trained])} have training samples once the "
+                f"last validation_fraction={self.validation_fraction} of each run is held "
+                f"out (validation_gap={self.validation_gap})", path="y",
+                fix="give more samples, pass groups (runs), or lower validation_fraction")
+        if len(untrained):
+            warnings.warn(
+                f"classes {_names(classes[untrained])} have no training sample once the "
+                f"last validation_fraction={self.validation_fraction} of each run is held "
+                f"out; they are treated as missing: the network is trained without them "
+                f"and gives them probability 0 (see untrained_classes_)", UserWarning,
+                stacklevel=2)
+            # Train on the other classes only; validate on their held-out samples.
+            remap = np.full(len(classes), -1)
+            remap[trained] = np.arange(len(trained))
+            codes = remap[codes]
+            validation = validation[codes[validation] >= 0]
+            if isinstance(options.class_weight, tuple):
+                options = dataclasses.replace(options, class_weight=tuple(
+                    options.class_weight[c] for c in trained))
+        result = fit_network(volumes, codes, train, validation, n_classes=len(trained),
                              options=options, seed=_seed_from(self.random_state),
                              checkpoint_path=self.checkpoint_path)
         self.classes_ = classes
-        self.network_ = result.model
+        self.untrained_classes_ = classes[untrained]
+        self.network_ = (with_all_classes(result.model, trained, len(classes)).eval()
+                         if len(untrained) else result.model)
         self.history_ = result.history
         self.n_epochs_ = result.n_epochs
         self.best_epoch_ = result.best_epoch
@@ -381,6 +415,7 @@ class CNN3DClassifier(ClassifierMixin, BaseEstimator):
             "format": MODEL_FORMAT, "version": MODEL_VERSION,
             "params": self._portable_params(), "architecture": self.architecture,
             "classes": self.classes_.tolist(), "input_shape": list(self.input_shape_),
+            "untrained_classes": self.untrained_classes_.tolist(),
             "state_dict": {name: tensor.detach().cpu()
                            for name, tensor in self.network_.state_dict().items()},
             "history": self.history_, "n_epochs": self.n_epochs_,
@@ -434,6 +469,8 @@ class CNN3DClassifier(ClassifierMixin, BaseEstimator):
         network.load_state_dict(payload["state_dict"])
         estimator.network_ = network.to(resolve_device(params["device"])).eval()
         estimator.classes_ = classes
+        estimator.untrained_classes_ = np.asarray(payload.get("untrained_classes", []),
+                                                  dtype=classes.dtype)
         estimator.input_shape_ = input_shape
         estimator.history_ = list(payload["history"])
         estimator.n_epochs_ = int(payload["n_epochs"])

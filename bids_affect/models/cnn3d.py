@@ -16,8 +16,22 @@ Registering one's own architecture::
         trunk = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU())
         return VolumeClassifier(trunk, GlobalPoolHead(4, n_classes))
 
-after which ``--models cnn-tiny`` (in a plug-in module imported before the run)
-and ``create_architecture("tiny", ...)`` use it.
+after which ``create_architecture("tiny", ...)`` uses it.
+
+Plug-in architectures for the BIDS-App come from the entry-point group
+``bids_affect.architectures`` (:data:`ENTRY_POINT_GROUP`) of any installed
+package, loaded the first time the registry is read (``--models``, ``--help``,
+:func:`list_architectures`, :func:`create_architecture`). An entry point names
+either a factory, registered under the entry point's name, or a module whose
+import registers its architectures with the decorator. In the plug-in's
+``pyproject.toml``::
+
+    [project.entry-points."bids_affect.architectures"]
+    tiny = "my_package.models:tiny"      # a factory(n_classes, input_shape)
+
+after ``pip install`` of that package, ``--models cnn-tiny`` works. A plug-in
+that fails to load is skipped with a warning naming it; a name already taken
+is an error (:func:`register_architecture`).
 
 Examples
 --------
@@ -31,6 +45,9 @@ torch.Size([2, 5])
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,7 +56,12 @@ from torch import nn
 
 from bids_affect.exceptions import UsageError
 
+LOGGER = logging.getLogger("bids_affect.models.cnn3d")
+
 ArchitectureFactory = Callable[[int, tuple[int, int, int]], "VolumeClassifier"]
+
+#: Entry-point group of plug-in architectures (see the module docstring).
+ENTRY_POINT_GROUP = "bids_affect.architectures"
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,9 @@ class ArchitectureEntry:
 
 
 _REGISTRY: dict[str, ArchitectureEntry] = {}
+
+#: Whether the entry points of :data:`ENTRY_POINT_GROUP` have been loaded.
+_PLUGINS = {"loaded": False}
 
 
 def register_architecture(name: str, *, description: str = ""):
@@ -77,8 +102,55 @@ def unregister_architecture(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def load_plugin_architectures(reload: bool = False) -> list[str]:
+    """Register the architectures of the ``bids_affect.architectures`` entry points.
+
+    Runs once (the registry calls it when first read); ``reload=True`` runs it
+    again. An entry point whose object is a module registered its architectures
+    when imported; any other object is a factory, registered under the entry
+    point's name (with its docstring's first line as description); a name
+    registered by another factory raises :class:`UsageError`. A plug-in that
+    fails to import is skipped with a warning. Returns the names it registered.
+
+    Examples
+    --------
+    >>> isinstance(load_plugin_architectures(), list)
+    True
+    """
+    if _PLUGINS["loaded"] and not reload:
+        return []
+    before = set(_REGISTRY)
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry_point.load()
+        except Exception as err:  # a broken plug-in must not break the app
+            LOGGER.warning("architecture plug-in %r (%s) failed to load and is skipped: "
+                           "%s: %s", entry_point.name, entry_point.value,
+                           type(err).__name__, err)
+            continue
+        if isinstance(loaded, types.ModuleType):
+            continue
+        if not callable(loaded):
+            LOGGER.warning("architecture plug-in %r (%s) is neither a module nor a factory; "
+                           "skipped", entry_point.name, entry_point.value)
+            continue
+        registered = _REGISTRY.get(entry_point.name)
+        if registered is not None and registered.factory is loaded:
+            continue
+        if registered is not None:
+            raise UsageError(f"architecture plug-in {entry_point.name!r} ({entry_point.value}) "
+                             f"takes a name that is already registered",
+                             fix="rename the entry point, or uninstall one of the packages")
+        description = (loaded.__doc__ or "").strip().splitlines()
+        register_architecture(entry_point.name, description=(
+            description[0] if description else f"plug-in {entry_point.value}"))(loaded)
+    _PLUGINS["loaded"] = True
+    return sorted(set(_REGISTRY) - before)
+
+
 def list_architectures() -> dict[str, str]:
-    """Registered architecture names and their descriptions."""
+    """Registered architecture names (plug-ins included) and their descriptions."""
+    load_plugin_architectures()
     return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
 
 
@@ -89,6 +161,8 @@ def create_architecture(name: str, n_classes: int,
     Raises :class:`UsageError` (exit 64) listing the known names when ``name``
     is unknown.
     """
+    if name not in _REGISTRY:
+        load_plugin_architectures()
     try:
         entry = _REGISTRY[name]
     except KeyError:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from bids_affect.config import Config, derive_seed
 from bids_affect.exceptions import (
     BidsAffectError,
     InputMissingError,
-    OutputError,
+    UsageError,
     error_from_traceback,
 )
 from bids_affect.io import derivatives
@@ -34,20 +35,6 @@ def workflow_name() -> str:
     """Name of the top workflow (and its work folder); a new minor version starts afresh."""
     major, minor = __version__.split(".")[:2]
     return f"bids_affect_{major}_{minor}_wf"
-
-
-def check_writable(path: Path, what: str) -> Path:
-    """Create ``path`` if needed; raise :class:`OutputError` (73) when it is not writable."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create the {what} ({err.strerror})", path=path,
-                          fix=f"choose a writable {what} or fix its permissions") from err
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OutputError(f"the {what} is not writable", path=path,
-                          fix=f"choose a writable {what} or fix its permissions")
-    return path
 
 
 def plan_participants(runs: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
@@ -98,33 +85,84 @@ def _provenance(config: Config, links: dict[str, Path]) -> dict[str, Any]:
             "config": config.to_dict()}
 
 
+def check_output_location(output_dir: Path, input_dirs: Mapping[str, Path]) -> None:
+    """Refuse an ``output_dir`` that is, holds or lies in an input dataset (exit 64).
+
+    ``input_dirs`` are the raw dataset and the derivatives read as inputs. Our
+    outputs never overwrite another pipeline's dataset (its
+    ``dataset_description.json`` says who made it).
+    """
+    output_dir = Path(output_dir).resolve()
+    for name, folder in input_dirs.items():
+        folder = Path(folder).resolve()
+        if name != "raw" and (folder == output_dir or output_dir in folder.parents
+                              or folder in output_dir.parents):
+            raise UsageError(f"output_dir overlaps the input derivatives '{name}' ({folder})",
+                             path=output_dir,
+                             fix="write outputs to their own folder, e.g. "
+                                 "bids_dir/derivatives/bids_affect")
+    other = derivatives.foreign_dataset(output_dir)
+    if other is not None:
+        raise UsageError(f"output_dir holds a dataset made by {other}", path=output_dir,
+                         fix="choose an empty folder or a previous bids_affect output")
+
+
 def run_bids_app(config: Config) -> None:
-    """Run the levels asked for in ``config`` (already checked by the parser)."""
+    """Run the levels asked for in ``config`` (already checked by the parser).
+
+    Every input is checked (index, selection, validation, label spec) before
+    anything is written to ``output_dir``, so bad input leaves no trace there.
+    """
     from bids_affect.io.layout import check_bids_dir, find_fmriprep_derivatives
 
     ex = config.execution
     bids_dir = check_bids_dir(ex.bids_dir)
-    check_writable(ex.output_dir, "output directory")
-    check_writable(ex.work_dir, "work directory")
-    found = find_fmriprep_derivatives(bids_dir, exclude=[ex.output_dir])
-    derivative_dirs = {**found, **ex.derivatives}
+    derivatives.check_writable_dir(ex.output_dir, "output directory", create=False)
+    # -d replaces the search of bids_dir/derivatives/ (pybids refuses two pipelines of
+    # one name, e.g. the same fMRIPrep folder found and given).
+    derivative_dirs = dict(ex.derivatives) or find_fmriprep_derivatives(
+        bids_dir, exclude=[ex.output_dir])
     links = {"raw": bids_dir, **derivative_dirs}
-    derivatives.init_derivatives(ex.output_dir, bids_dir, links,
-                                 methods=methods_boilerplate(config))
+    check_output_location(ex.output_dir, links)
+    methods = methods_boilerplate(config)
     if ex.boilerplate_only:
+        derivatives.init_derivatives(ex.output_dir, bids_dir, links, methods=methods)
         LOGGER.info("Methods boilerplate written to %s", ex.output_dir / "logs" / "CITATION.md")
         return
+    derivatives.check_writable_dir(ex.work_dir, "work directory")
     if "participant" in ex.analysis_level:
-        run_participant_level(config, derivative_dirs, links)
-    if "group" in ex.analysis_level:
-        wf = init_group_wf_from_config(config, links)
+        wf, subjects = prepare_participant_level(config, derivative_dirs, links)
+        derivatives.init_derivatives(ex.output_dir, bids_dir, links, methods=methods)
+        for subject in subjects:
+            log = derivatives.log_dir(ex.output_dir, subject, ex.run_id)
+            derivatives.write_text(log / "bids_affect.toml", config.to_toml())
         run_workflow(wf, config)
+    if "group" in ex.analysis_level:
+        from bids_affect.steps import find_decoding_outputs
+
+        find_decoding_outputs(ex.output_dir, ex.participant_label)  # 66 before any write
+        derivatives.init_derivatives(ex.output_dir, bids_dir, links, methods=methods)
+        derivatives.write_text(derivatives.log_dir(ex.output_dir, None, ex.run_id)
+                               / "bids_affect.toml", config.to_toml())
+        run_workflow(init_group_wf_from_config(config, links), config)
+    if ex.clean_workdir:
+        clean_work_dir(ex.work_dir)
     print(f"bids_affect: outputs in {ex.output_dir}")
 
 
-def run_participant_level(config: Config, derivative_dirs: dict[str, Path],
-                          links: dict[str, Path]) -> None:
-    """Index, select, validate, then build and run the participant workflow."""
+def clean_work_dir(work_dir: Path) -> None:
+    """Remove this version's workflow folders from ``work_dir`` (``--clean-workdir``).
+
+    Other contents (a shared pybids database, other versions' or tools' folders)
+    are kept, so jobs sharing one work directory do not delete each other's work.
+    """
+    for name in (workflow_name(), f"{workflow_name()}_group"):
+        shutil.rmtree(Path(work_dir) / name, ignore_errors=True)
+
+
+def prepare_participant_level(config: Config, derivative_dirs: dict[str, Path],
+                              links: dict[str, Path]) -> tuple[pe.Workflow, list[str]]:
+    """Index, select, validate and plan: the participant workflow (not run) and its subjects."""
     from bids_affect.io.annotations import load_label_spec
     from bids_affect.io.layout import collect_runs, load_layout, select_subjects
     from bids_affect.io.validation import check_dataset
@@ -139,11 +177,8 @@ def run_participant_level(config: Config, derivative_dirs: dict[str, Path],
     plans = plan_participants(runs)
     spec = load_label_spec(config.labels.labels, hrf_lag=config.labels.hrf_lag,
                            min_volumes=config.labels.min_volumes)
-    for subject in sorted({subject for subject, _ in plans}):
-        log = derivatives.log_dir(ex.output_dir, subject, ex.run_id)
-        derivatives.write_text(log / "bids_affect.toml", config.to_toml())
-    wf = init_bids_affect_wf(config, plans, spec.to_dict(), links)
-    run_workflow(wf, config)
+    subjects = sorted({subject for subject, _ in plans})
+    return init_bids_affect_wf(config, plans, spec.to_dict(), links), subjects
 
 
 def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRecord]],
@@ -162,7 +197,8 @@ def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRec
                  "precision": an.occlusion_precision, "top_k": an.top_k}
     rsa = {"distance": an.rdm_distance, "methods": list(an.rsa_methods),
            "n_permutations": an.rsa_permutations,
-           "references": {name: str(path) for name, path in an.rsa_reference.items()}}
+           "references": {name: str(path) for name, path in an.rsa_reference.items()},
+           "roi_atlas": an.roi_atlas}
     cleaning = {"detrend": config.cleaning.detrend, "high_pass": config.cleaning.high_pass,
                 "confounds": config.cleaning.confounds,
                 "standardize": config.cleaning.standardize,

@@ -70,8 +70,9 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
     in_files = sorted({r[key] for r in runs for key in ("bold", "events", "mask", "confounds")
                        if r.get(key)})
 
-    labels = node("labels", "labels", {"runs": list(runs), "label_spec": dict(label_spec)},
-                   in_files)
+    # Without analyses nothing else reads the BOLD data, so labelling checks it.
+    labels = node("labels", "labels", {"runs": list(runs), "label_spec": dict(label_spec),
+                                       "check_data": not analyses}, in_files)
     ds_labels = node("write_labels", "ds_labels", common, sink=True)
     wf.connect(labels, "out_dir", ds_labels, "labels_dir")
     if not analyses:
@@ -118,7 +119,8 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
                          in_files=[str(p) for p in rsa.get("references", {}).values()])
         ds_rsa = node("write_rsa", "ds_rsa", common, sink=True)
         wf.connect([(samples, rsa_node, [("out_dir", "samples_dir")]),
-                    (rsa_node, ds_rsa, [("out_dir", "decoding_dirs")])])
+                    (rsa_node, ds_rsa, [("out_dir", "decoding_dirs")]),
+                    (samples, ds_rsa, [("out_dir", "samples_dir")])])
         if cnn_decoders:
             from nipype.interfaces.utility import Merge
 

@@ -98,12 +98,13 @@ def write_spec(tmp_path: Path, content: dict | str, name: str = "spec.json") -> 
 
 
 def reference_labels(path: Path, classes: dict[str, list[str]], *, threshold: float,
-                     overlap: str, tr: float, n_volumes: int, hrf_lag: float) -> list:
+                     overlap: str, tr: float, n_volumes: int, hrf_lag: float,
+                     start_time: float = 0.0) -> list:
     with path.open(newline="") as handle:
         events = list(csv.DictReader(handle, delimiter="\t"))
     labels = []
     for volume in range(n_volumes):
-        read_time = volume * tr - hrf_lag
+        read_time = volume * tr + start_time - hrf_lag
         scores: dict[str, float] = {}
         for event in events:
             onset = float(event["onset"])
@@ -124,18 +125,21 @@ def reference_labels(path: Path, classes: dict[str, list[str]], *, threshold: fl
     return labels
 
 
+@pytest.mark.parametrize("hrf_lag, start_time", [(4.0, 0.0), (5.0, 0.5), (3.3, 0.72),
+                                                  (6.0, -1.0)])
 @pytest.mark.parametrize("overlap", ["max", "exclude"])
 @pytest.mark.parametrize("preset", sorted(EXPECTED_PRESETS))
-def test_studyforrest_labels_match_a_plain_loop(preset, overlap):
+def test_studyforrest_labels_match_a_plain_loop(preset, overlap, hrf_lag, start_time):
     categories, threshold = EXPECTED_PRESETS[preset]
-    spec = replace(load_label_spec(preset), overlap=overlap)
+    spec = replace(load_label_spec(preset, hrf_lag=hrf_lag), overlap=overlap)
     n_labelled = 0
     for run, n_volumes in STUDYFORREST_VOLUMES.items():
         labels = label_volumes(read_events(studyforrest_file(run)), spec, tr=STUDYFORREST_TR,
-                               n_volumes=n_volumes)
+                               n_volumes=n_volumes, start_time=start_time)
         expected = reference_labels(studyforrest_file(run), categories, threshold=threshold,
                                     overlap=overlap, tr=STUDYFORREST_TR,
-                                    n_volumes=n_volumes, hrf_lag=4.0)
+                                    n_volumes=n_volumes, hrf_lag=hrf_lag,
+                                    start_time=start_time)
         wrong = [(volume, got, want) for volume, (got, want)
                  in enumerate(zip(labels.tolist(), expected, strict=True)) if got != want]
         assert not wrong, f"run {run}: (volume, got, expected) {wrong[:10]}"

@@ -39,6 +39,17 @@ from bids_affect.io import derivatives as deriv
      "sub-01/func/sub-01_task-movie_desc-rsa_statistics.tsv"),
     ("group_withinsubject", dict(task="movie", desc="ridge"),
      "group/task-movie_desc-ridge_withinsubject.tsv"),
+    ("labels", dict(subject="01", task="movie", acquisition="mb4", run=2),
+     "sub-01/func/sub-01_task-movie_acq-mb4_run-2_desc-labels_events.tsv"),
+    ("encoding_map", dict(subject="01", task="movie", space="MNI152NLin6Asym",
+                          desc="emonetfc7"),
+     "sub-01/func/sub-01_task-movie_space-MNI152NLin6Asym_desc-emonetfc7_stat-r_statmap.nii.gz"),
+    ("encoding_roi", dict(subject="01", task="movie", desc="emonetfc7"),
+     "sub-01/func/sub-01_task-movie_desc-emonetfc7_roi.tsv"),
+    ("report", dict(subject="01"), "sub-01.html"),
+    ("group_report", {}, "group.html"),
+    ("group_statmap", dict(task="movie", space="MNI152NLin6Asym", desc="emonetfc7"),
+     "group/task-movie_space-MNI152NLin6Asym_desc-emonetfc7_stat-t_statmap.nii.gz"),
 ])
 def test_output_paths_follow_the_contract(tmp_path, kind, entities, expected):
     assert deriv.output_path(tmp_path, kind, **entities) == tmp_path / expected

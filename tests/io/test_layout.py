@@ -121,6 +121,41 @@ def test_bids_filter_file_semantics(small_dataset, tmp_path):
         load_filter_file(bad)
 
 
+@pytest.mark.parametrize("tr, ok", [(2.0199, True), (1.981, True), (2.021, False),
+                                     (1.979, False)])
+def test_repetition_time_tolerance_is_one_percent(dataset_copy, tr, ok):
+    sidecar = dataset_copy / "task-movie_bold.json"
+    sidecar.write_text(json.dumps({"TaskName": "movie", "RepetitionTime": tr}))
+    if ok:
+        assert collect_runs(load_layout(dataset_copy), ["01"])[0].tr == tr
+    else:
+        with pytest.raises(InputDataError, match="more than 1%"):
+            collect_runs(load_layout(dataset_copy), ["01"])
+
+
+def test_a_bold_that_is_not_a_series_is_exit_65(dataset_copy):
+    import numpy as np
+
+    bold = dataset_copy / "sub-01/func/sub-01_task-movie_run-2_bold.nii.gz"
+    image = nib.load(bold)
+    for data in (np.asarray(image.dataobj)[..., 0], np.asarray(image.dataobj)[..., :1]):
+        nib.Nifti1Image(data, image.affine, image.header).to_filename(bold)
+        with pytest.raises(InputDataError, match="not a time series") as info:
+            collect_runs(load_layout(dataset_copy), ["01"])
+        assert info.value.exit_code == 65 and bold.name in str(info.value)
+
+
+def test_start_time_of_the_preprocessed_bold_wins(dataset_copy):
+    # fMRIPrep's slice-timing correction records the time its volumes now represent.
+    func = dataset_copy / "derivatives/fmriprep/sub-01/func"
+    sidecar = next(func.glob("*run-1*desc-preproc_bold.json"))
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "StartTime": 0.9}))
+    layout = load_layout(dataset_copy, derivatives={"fmriprep": dataset_copy /
+                                                    "derivatives/fmriprep"})
+    first, second = collect_runs(layout, ["01"])
+    assert (first.start_time, second.start_time) == (0.9, 0.5)  # raw sidecar: 0.5
+
+
 def test_repetition_time_problems_are_exit_65(dataset_copy):
     sidecar = dataset_copy / "task-movie_bold.json"
     sidecar.write_text(json.dumps({"TaskName": "movie", "RepetitionTime": 2.5}))

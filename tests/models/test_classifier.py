@@ -131,14 +131,37 @@ def test_invalid_data_fails_with_exit_65(planted):
         assert "\n" not in str(info.value)
 
 
-def test_class_without_training_sample_is_reported(planted):
-    X, _, _, _ = planted
+def test_class_only_in_the_validation_block_is_treated_as_missing(planted, tmp_path):
+    X, _, X_test, _ = planted
     y = np.array(["anger", "fear"] * 25 + ["joy"] * 10)    # "joy" only at the end
-    with pytest.raises(InputDataError, match="joy"):
-        classifier().fit(X, y)
+    with pytest.warns(UserWarning, match=r"\['joy'\] have no training sample"):
+        estimator = classifier().fit(X, y)
+    assert estimator.classes_.tolist() == ["anger", "fear", "joy"]
+    assert estimator.untrained_classes_.tolist() == ["joy"]
+    proba = estimator.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 3) and np.all(proba[:, 2] == 0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-6)
+    assert "joy" not in estimator.predict(X_test)
+    loaded = CNN3DClassifier.load(estimator.save(tmp_path / "model.pt"))
+    assert loaded.untrained_classes_.tolist() == ["joy"]
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), proba)
     run = ["anger", "fear"] * 12 + ["joy"] * 6             # "joy" ends each run
-    with pytest.raises(InputDataError, match="joy"):
-        classifier().fit(X, np.array(run * 2), groups=np.repeat([1, 2], 30))
+    with pytest.warns(UserWarning, match="joy"):
+        estimator = classifier().fit(X, np.array(run * 2), groups=np.repeat([1, 2], 30))
+    assert estimator.untrained_classes_.tolist() == ["joy"]
+    # Classes seen in training: untrained_classes_ is empty, and nothing warns.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert classifier().fit(X, np.array(["anger", "fear"] * 30)).untrained_classes_.size == 0
+
+
+def test_fewer_than_two_trained_classes_name_the_classes(planted):
+    X, _, _, _ = planted
+    y = np.array(["anger"] * 50 + ["joy"] * 10)
+    with pytest.raises(InputDataError, match=r"only classes \['anger'\]"):
+        classifier().fit(X, y)
 
 
 def test_predict_rejects_other_volume_shapes(planted):

@@ -84,3 +84,71 @@ def test_registering_twice_is_an_error():
     finally:
         unregister_architecture("test_tiny")
     assert "test_tiny" not in list_architectures()
+
+
+# --------------------------------------------------------------------------- plug-ins
+
+
+def plugin_tiny(n_classes, input_shape):
+    """One convolution and a global pool (a plug-in for tests)."""
+    from bids_affect.models.cnn3d import GlobalPoolHead
+
+    return VolumeClassifier(nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU()),
+                            GlobalPoolHead(4, n_classes))
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch):
+    """Make ``importlib.metadata.entry_points`` return the given entry points."""
+    import importlib.metadata
+
+    from bids_affect.models import cnn3d
+
+    def install(*entry_points):
+        def entry_points_of(group=None, **_):
+            return [ep for ep in entry_points if group is None or ep.group == group]
+
+        monkeypatch.setattr(importlib.metadata, "entry_points", entry_points_of)
+        monkeypatch.setitem(cnn3d._PLUGINS, "loaded", False)
+
+    yield install
+    for name in ("plugtiny", "plugbroken"):
+        unregister_architecture(name)
+
+
+def _entry_point(name: str, value: str):
+    import importlib.metadata
+
+    from bids_affect.models.cnn3d import ENTRY_POINT_GROUP
+
+    return importlib.metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
+
+
+def test_plugin_architectures_come_from_entry_points(fake_entry_points, caplog):
+    from bids_affect.decoding import check_models, make_decoder
+
+    fake_entry_points(_entry_point("plugtiny", f"{__name__}:plugin_tiny"),
+                      _entry_point("plugbroken", "no_such_module_anywhere:factory"))
+    # Lazily loaded: the first read of the registry finds the plug-in.
+    names = list_architectures()
+    assert names["plugtiny"] == "One convolution and a global pool (a plug-in for tests)."
+    assert "plugbroken" not in names and "plugbroken" in caplog.text
+    model = create_architecture("plugtiny", n_classes=3, input_shape=SHAPE)
+    assert model(torch.zeros(2, 1, *SHAPE)).shape == (2, 3)
+    # ... and the decoders and --models accept it.
+    assert check_models(["cnn-plugtiny"]) == ["cnn-plugtiny"]
+    assert make_decoder("cnn-plugtiny").architecture == "plugtiny"
+
+
+def test_plugin_found_by_create_architecture_first(fake_entry_points):
+    fake_entry_points(_entry_point("plugtiny", f"{__name__}:plugin_tiny"))
+    assert create_architecture("plugtiny", 2, SHAPE)(torch.zeros(1, 1, *SHAPE)).shape == (1, 2)
+
+
+def test_plugin_module_registers_itself_and_name_clashes_are_refused(fake_entry_points):
+    # A module entry point registers its architectures on import (none here).
+    fake_entry_points(_entry_point("anything", "bids_affect.models.cnn3d"))
+    assert set(list_architectures()) >= {"neuro120fp", "deepemotion"}
+    fake_entry_points(_entry_point("deepemotion", f"{__name__}:plugin_tiny"))
+    with pytest.raises(UsageError, match="already registered"):
+        list_architectures()

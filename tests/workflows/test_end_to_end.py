@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.spatial.distance import pdist, squareform
 
+from bids_affect.atlases import atlas_names
 from bids_affect.cli.run import main
 from bids_affect.datasets import make_synthetic_dataset
+from bids_affect.exceptions import InputDataError, UsageError
 from bids_affect.io.validation import validate_dataset
+from bids_affect.occlusion import TOP_VOXEL_COLUMNS, UMAP_COLUMNS
+from bids_affect.rsa import rdm_to_table
 
 
 def run_everything(bids: Path, out: Path, work: Path) -> None:
@@ -21,7 +28,7 @@ def run_everything(bids: Path, out: Path, work: Path) -> None:
     code = main([str(bids), str(out), "participant", "group", "-w", str(work),
                  "--labels", "studyforrest-5", "--min-volumes", "5",
                  "--analyses", "decoding,occlusion,rsa", "--models", "ridge,cnn-deepemotion",
-                 "--n-permutations", "20", "--n-permutations-cnn", "2", "--epochs", "3",
+                 "--n-permutations", "20", "--n-permutations-cnn", "2", "--epochs", "6",
                  "--occlusion-threshold", "0", "--occlusion-samples", "2", "--top-k", "10",
                  "--random-seed", "3", "--nprocs", "1", "--omp-nthreads", "1"])
     assert code == 0
@@ -115,3 +122,283 @@ def test_the_same_seed_gives_the_same_files_bit_for_bit(finished_run, tmp_path):
 def test_outputs_pass_the_bids_validator(finished_run, tmp_path):
     _, out = finished_run
     assert validate_dataset(out, ["01"], tmp_path / "validation") == []
+
+
+# --------------------------------------------------------------------------- interpretation
+
+PREFIX = "sub-01_task-movie"
+
+
+def _sidecar(path: Path) -> dict:
+    return json.loads(path.with_name(path.name.split(".")[0] + ".json").read_text())
+
+
+def _step_dir(root: Path, node: str) -> Path:
+    """The result folder of one node of the participant workflow in the work directory."""
+    (found,) = (root / "work").glob(f"bids_affect_*_wf/sub_01_task_movie_wf/{node}/result")
+    return found
+
+
+def test_top_voxel_tables_and_atlas_labels(finished_run):
+    root, out = finished_run
+    func = out / "sub-01" / "func"
+    tables = sorted(func.glob(f"{PREFIX}_desc-cnndeepemotion_contrast-*_stat-occlusion_topk.tsv"))
+    assert len(tables) == 3  # every class has a map
+    mask = next((root / "bids" / "derivatives").rglob("*desc-brain_mask.nii.gz"))
+    for path in tables:
+        table = pd.read_csv(path, sep="\t")
+        assert tuple(table.columns) == TOP_VOXEL_COLUMNS
+        assert table["rank"].tolist() == list(range(1, 11))
+        assert table["value"].is_monotonic_decreasing
+        contrast = path.name.split("contrast-")[1].split("_")[0]
+        statmap = nib.load(func / f"{PREFIX}_space-MNI152NLin2009cAsym_desc-cnndeepemotion_"
+                                  f"contrast-{contrast}_stat-occlusion_statmap.nii.gz")
+        ijk = table[["i", "j", "k"]].to_numpy()
+        assert np.allclose(np.asarray(statmap.dataobj)[tuple(ijk.T)], table["value"], atol=1e-6)
+        assert np.asarray(nib.load(mask).dataobj)[tuple(ijk.T)].all()
+        assert np.allclose(nib.affines.apply_affine(statmap.affine, ijk),
+                           table[["x", "y", "z"]], atol=1e-3)
+        assert set(table["atlas"]) == {"harvard_oxford"}
+        assert set(table["region"]) <= set(atlas_names("harvard_oxford")) | {"unlabelled"}
+        assert _sidecar(path)["Atlas"]["Key"] == "harvard_oxford"
+
+
+def test_occlusion_samples_and_umap_outputs(finished_run):
+    _, out = finished_run
+    func = out / "sub-01" / "func"
+    samples = pd.read_csv(func / f"{PREFIX}_desc-cnndeepemotion_stat-occlusion_samples.tsv",
+                          sep="\t")
+    assert list(samples.columns) == ["class", "sample", "fold", "run", "volume", "probability"]
+    assert sorted(samples["class"].unique()) == ["fear", "happiness", "sadness"]
+    assert (samples.groupby("class").size() <= 2).all()  # --occlusion-samples 2
+    assert _sidecar(func / f"{PREFIX}_desc-cnndeepemotion_stat-occlusion_samples.tsv")[
+        "ClassesWithoutSamples"] == {}
+    umap = func / f"{PREFIX}_desc-cnndeepemotion_stat-occlusion_umap.tsv"
+    table = pd.read_csv(umap, sep="\t")
+    assert tuple(table.columns) == UMAP_COLUMNS and 10 <= len(table) <= 30
+    settings = _sidecar(umap)["UMAP"]
+    assert (settings["n_neighbors"], settings["min_dist"]) == (30, 0.1)
+    assert settings["n_neighbors_used"] == len(table) - 1
+    figure = out / "sub-01" / "figures" / f"{PREFIX}_desc-cnndeepemotion_umap.svg"
+    assert figure.read_text().lstrip().startswith("<?xml")
+
+
+def test_rsa_statistics_and_model_rdm_sidecar(finished_run):
+    _, out = finished_run
+    func = out / "sub-01" / "func"
+    table = pd.read_csv(func / f"{PREFIX}_desc-rsa_statistics.tsv", sep="\t")
+    assert tuple(table.columns) == ("rdm_a", "rdm_b", "method", "r", "p", "n_permutations",
+                                    "exact")
+    assert list(zip(table.rdm_a, table.rdm_b)) == [("brain", "cnndeepemotionpenultimate")]
+    assert table.method.tolist() == ["spearman"] and table.exact.all()
+    assert table.n_permutations.tolist() == [6]  # 3 classes: 3! relabellings
+    assert -1 <= table.r.iloc[0] <= 1 and 1 / 6 <= table.p.iloc[0] <= 1
+    model = _sidecar(func / f"{PREFIX}_desc-cnndeepemotionpenultimate_rdm.tsv")
+    assert model["Distance"] == "correlation" and "per cross-validation fold" in model[
+        "Description"]
+    assert model["FoldsPerPair"]["counts"] == [[3, 3, 3]] * 3  # 3 runs: 3 folds per pair
+
+
+def test_rsa_step_with_roi_atlas_references_and_distances(finished_run, tmp_path, caplog):
+    """Brain ROI RDMs from a user dseg, a reference of other classes, cv distances."""
+    from bids_affect.steps import STEPS
+
+    root, _ = finished_run
+    dseg = root / "bids" / "sourcedata" / "groundtruth" / "regions_dseg.nii.gz"
+    reference = tmp_path / "arousal.tsv"
+    names = ["fear", "happiness", "love", "sadness"]  # love is not in the data
+    rdm = pd.DataFrame(squareform(pdist(np.arange(4.0)[:, None] ** 2)), names, names)
+    rdm_to_table(rdm).to_csv(reference, sep="\t", index=False)
+    settings = {"distance": "cv_euclidean", "methods": ["spearman"], "n_permutations": 0,
+                "references": {"arousal": str(reference)}, "roi_atlas": f"{dseg}:fear,sadness"}
+    work, out = tmp_path / "rsa", tmp_path / "out"
+    work.mkdir()
+    STEPS["rsa"](work, samples_dir=_step_dir(root, "samples"), settings=settings, seed=1,
+                 min_volumes=5, decoding_dirs=[_step_dir(root, "decode_cnndeepemotion")])
+    assert "comparisons with it use the 3 shared classes" in caplog.text
+    STEPS["write_rsa"](tmp_path, decoding_dirs=[work], output_dir=str(out), subject="01",
+                       task="movie", runs=[], provenance={})
+    func = out / "sub-01" / "func"
+    fear = func / f"{PREFIX}_desc-brainfear_rdm.tsv"
+    sidecar = _sidecar(fear)
+    assert sidecar["ROI"] == "fear" and sidecar["NumberOfVoxels"] == 16
+    assert sidecar["Atlas"]["Key"] == "user" and sidecar["Atlas"]["ROIs"] == {
+        "fear": ["fear"], "sadness": ["sadness"]}
+    assert sidecar["Distance"] == sidecar["RequestedDistance"] == "cv_euclidean"
+    model = _sidecar(func / f"{PREFIX}_desc-cnndeepemotionpenultimate_rdm.tsv")
+    assert model["Distance"] == "correlation" and "cv_euclidean" in model["DistanceNote"]
+    assert _sidecar(func / f"{PREFIX}_desc-arousal_rdm.tsv")["SharedClasses"] == [
+        "fear", "happiness", "sadness"]
+    table = pd.read_csv(func / f"{PREFIX}_desc-rsa_statistics.tsv", sep="\t")
+    rdms = ["brain", "brainfear", "brainsadness", "cnndeepemotionpenultimate", "arousal"]
+    assert list(zip(table.rdm_a, table.rdm_b)) == list(itertools.combinations(rdms, 2))
+    assert (table.n_permutations == 6).all()  # 3 classes each, the reference's shared ones
+    roi = pd.read_csv(fear, sep="\t", index_col=0)
+    assert list(roi.index) == ["fear", "happiness", "sadness"]
+
+
+@pytest.mark.parametrize(("roi_atlas", "message"), [
+    ("harvard_oxford:accumbens", "ROI 'accumbens' of --roi-atlas harvard_oxford:accumbens "
+                                 "holds no voxel of the brain mask"),
+])
+def test_rsa_step_refuses_an_roi_outside_the_mask(finished_run, tmp_path, roi_atlas, message):
+    from bids_affect.steps import STEPS
+
+    root, _ = finished_run
+    settings = {"distance": "correlation", "methods": ["spearman"], "n_permutations": 0,
+                "references": {}, "roi_atlas": roi_atlas}
+    with pytest.raises(InputDataError, match=re.escape(message)) as error:
+        STEPS["rsa"](tmp_path, samples_dir=_step_dir(root, "samples"), settings=settings,
+                     seed=1, min_volumes=5)
+    assert error.value.exit_code == 65
+
+
+def test_classes_without_samples_get_no_map_and_say_why(finished_run, tmp_path, caplog):
+    from bids_affect.steps import STEPS
+
+    root, _ = finished_run
+    settings = {"window": 2, "stride": 2, "threshold": 1.0, "n_per_class": 2,
+                "precision": "float32", "top_k": 10}
+    work, out = tmp_path / "occlusion", tmp_path / "out"
+    work.mkdir()
+    samples = _step_dir(root, "samples")
+    STEPS["occlusion"](work, samples_dir=samples,
+                       decoding_dirs=[_step_dir(root, "decode_cnndeepemotion")],
+                       settings=settings, seed=1)
+    assert "UMAP skipped" in caplog.text
+    STEPS["write_occlusion"](tmp_path, decoding_dirs=[work], samples_dir=samples,
+                             output_dir=str(out), subject="01", task="movie", runs=[],
+                             provenance={})
+    func = out / "sub-01" / "func"
+    assert not list(func.glob("*_statmap.nii.gz")) and not list(func.glob("*_topk.tsv"))
+    assert not list(func.glob("*_umap.tsv"))
+    path = func / f"{PREFIX}_desc-cnndeepemotion_stat-occlusion_samples.tsv"
+    assert pd.read_csv(path, sep="\t").empty
+    sidecar = _sidecar(path)
+    assert sorted(sidecar["ClassesWithoutSamples"]) == ["fear", "happiness", "sadness"]
+    assert all("p >= 1" in reason for reason in sidecar["ClassesWithoutSamples"].values())
+    assert sidecar["UMAP"]["skipped"].startswith("UMAP skipped")
+
+
+def test_top_k_larger_than_the_mask_is_refused_before_occlusion(finished_run, tmp_path,
+                                                                 monkeypatch):
+    from bids_affect import occlusion
+    from bids_affect.steps import STEPS
+
+    root, _ = finished_run
+
+    def never(*args, **kwargs):
+        raise AssertionError("occlusion ran before --top-k was checked")
+
+    monkeypatch.setattr(occlusion, "class_occlusion_maps", never)
+    settings = {"window": 2, "stride": 2, "threshold": 0.0, "n_per_class": 2,
+                "precision": "float32", "top_k": 100_000}
+    with pytest.raises(UsageError, match=r"--top-k 100000 .* brain mask holds \(\d+ voxels\)"
+                       ) as error:
+        STEPS["occlusion"](tmp_path, samples_dir=_step_dir(root, "samples"),
+                           decoding_dirs=[_step_dir(root, "decode_cnndeepemotion")],
+                           settings=settings, seed=1)
+    assert error.value.exit_code == 64 and "fix: use --top-k" in str(error.value)
+
+
+# --------------------------------------------------------------------------- raw data
+
+
+@pytest.fixture(scope="module")
+def raw_run(tmp_path_factory):
+    """Occlusion and RSA on raw BIDS data (native space, no fMRIPrep), 2 runs."""
+    root = tmp_path_factory.mktemp("raw")
+    make_synthetic_dataset(root / "bids", n_subjects=1, n_runs=2, n_volumes=60,
+                           shape=(12, 14, 12), signal=2.0, with_derivatives=False,
+                           classes=("happiness", "sadness", "fear"),
+                           scene_duration=(8.0, 20.0), seed=5)
+    code = main([str(root / "bids"), str(root / "out"), "participant", "-w", str(root / "work"),
+                 "--labels", "studyforrest-5", "--min-volumes", "5", "--analyses",
+                 "occlusion,rsa", "--models", "cnn-deepemotion", "--n-permutations-cnn", "0",
+                 "--epochs", "6", "--occlusion-threshold", "0", "--occlusion-samples", "1",
+                 "--top-k", "5", "--random-seed", "3", "--nprocs", "1", "--omp-nthreads", "1",
+                 "--confounds", "none", "--skip-bids-validation"])
+    assert code == 0
+    return root, root / "out"
+
+
+def test_native_space_top_voxels_have_no_atlas(raw_run):
+    _, out = raw_run
+    tables = sorted((out / "sub-01" / "func").glob("*_stat-occlusion_topk.tsv"))
+    assert tables
+    for path in tables:
+        table = pd.read_csv(path, sep="\t")
+        assert tuple(table.columns) == TOP_VOXEL_COLUMNS
+        assert set(table["atlas"]) == {"none"}
+        assert set(table["region"]) == {"native space: no atlas"}
+        assert _sidecar(path)["Atlas"] is None
+    maps = list((out / "sub-01" / "func").glob("*_stat-occlusion_statmap.nii.gz"))
+    assert maps and all("_space-" not in path.name for path in maps)
+
+
+def test_offline_atlas_on_native_data_is_refused_naming_the_space(raw_run, tmp_path):
+    from bids_affect.steps import STEPS
+
+    root, _ = raw_run
+    settings = {"distance": "correlation", "methods": ["spearman"], "n_permutations": 0,
+                "references": {}, "roi_atlas": "juelich:amygdala_cm"}
+    with pytest.raises(InputDataError, match="the data are in space native") as error:
+        STEPS["rsa"](tmp_path, samples_dir=_step_dir(root, "samples"), settings=settings,
+                     seed=1, min_volumes=5)
+    assert error.value.exit_code == 65 and "MNI152" in str(error.value)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _reference(path: Path, names: list[str], asymmetric: bool = False) -> Path:
+    """A reference RDM file: distances of points on a line (one entry off when asked)."""
+    values = squareform(pdist(np.arange(len(names), dtype=float)[:, None]))
+    if asymmetric:
+        values[0, 1] += 1.0
+    table = pd.DataFrame(values, columns=names)
+    table.insert(0, "class", names)
+    table.to_csv(path, sep="\t", index=False)
+    return path
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--rsa-reference", "brain={good}"], "--rsa-reference brain: desc-brain_rdm.tsv is the "
+                                          "whole-mask brain RDM"),
+    (["--rsa-reference", "Brain={good}"], "is the whole-mask brain RDM"),
+    (["--models", "cnn-deepemotion", "--rsa-reference", "cnndeepemotionpenultimate={good}"],
+     "is the model RDM of cnn-deepemotion"),
+    (["--roi-atlas", "juelich:CM", "--rsa-reference", "brainamygdalacm={good}"],
+     "is the brain RDM of ROI amygdala_cm"),
+    (["--rsa-reference", "va-l={good}", "val={good}"], "would both write desc-val_rdm.tsv"),
+    (["--rsa-reference", "bad={bad}"], "--rsa-reference bad: the RDM is not symmetric"),
+    (["--rsa-reference", "small={small}"], "the RDM holds 2 classes"),
+    (["--rsa-reference", "gone={missing}"], "--rsa-reference gone: RDM file not found"),
+    (["--roi-atlas", "juelich:amygdala"], "defined on the harvard_oxford atlas"),
+    (["--roi-atlas", "harvard_oxford", "--space", "T1w"], "--space is T1w"),
+    (["--roi-atlas", "harvard_oxford", "--analyses", "decoding"], "and none is asked"),
+    (["--roi-atlas", "{missing}.nii.gz"], "does not exist"),
+])
+def test_rsa_and_roi_options_are_checked_at_parse_time(tmp_path, capsys, options, message):
+    files = {"good": _reference(tmp_path / "good.tsv", ["a", "b", "c"]),
+             "bad": _reference(tmp_path / "bad.tsv", ["a", "b", "c"], asymmetric=True),
+             "small": _reference(tmp_path / "small.tsv", ["a", "b"]),
+             "missing": tmp_path / "missing"}
+    options = [option.format(**files) for option in options]
+    if "--analyses" not in options:
+        options += ["--analyses", "rsa"]
+    code = main([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                 "-w", str(tmp_path / "work"), *options])
+    error = capsys.readouterr().err
+    assert code == 64, error
+    assert message in error and len(error.strip().splitlines()) == 1
+
+
+def test_help_describes_bfloat16_and_the_roi_atlases(capsys):
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    precision = text.rsplit("--occlusion-precision", 1)[1].split("--top-k")[0]
+    assert "slower than float32 on CPUs" in precision and "faster" not in precision
+    roi_atlas = text.rsplit("--roi-atlas", 1)[1]
+    for atlas in ("harvard_oxford", "juelich"):
+        assert f"{atlas} (default ROIs" in roi_atlas

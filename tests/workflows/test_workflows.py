@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from bids_affect.cli.run import main
 from bids_affect.datasets import make_synthetic_dataset
 from bids_affect.workflows.participant import init_participant_wf
+from tests.helpers import file_hashes
 
 FAST = ["--labels", "studyforrest-5", "--models", "ridge", "--n-permutations", "50",
         "--min-volumes", "5", "--skip-bids-validation", "--nprocs", "1"]
@@ -88,9 +88,8 @@ def test_a_rerun_after_a_crash_resumes_from_the_work_dir(four_subjects, tmp_path
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and "/log/" not in f"/{p}"
-            and not p.name.endswith(".toml")}
+    # Run logs hold the run id and the time: they differ between equal runs.
+    return file_hashes(root, lambda p: "/log/" not in f"/{p}" and p.suffix != ".toml")
 
 
 def test_same_seed_gives_identical_outputs(four_subjects, tmp_path, capsys):
@@ -145,3 +144,4 @@ def test_group_level_collects_within_subject_scores(four_subjects, tmp_path, cap
     assert (table.null_low <= table.chance_balanced_accuracy).all()
     assert json.loads((out / "group/task-movie_desc-ridge_withinsubject.json").read_text())[
         "Sources"]
+    assert len(list((out / "group/log").glob("*/bids_affect.toml"))) == 1
