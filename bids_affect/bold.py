@@ -67,7 +67,7 @@ from bids_affect.io.derivatives import (
     write_nifti,
     write_tsv,
 )
-from bids_affect.io.layout import RunRecord
+from bids_affect.io.layout import RunRecord, check_bold_shape
 from bids_affect.progress import track
 
 LOGGER = logging.getLogger("bids_affect.bold")
@@ -368,13 +368,7 @@ def load_bold(path: str | Path) -> nib.Nifti1Image:
     except Exception as err:  # nibabel raises many types for corrupt files
         raise InputDataError(f"cannot read NIfTI header ({type(err).__name__}: {err})",
                              path=path, fix="re-copy or re-convert the file") from err
-    if len(image.shape) != 4:
-        raise InputDataError(
-            f"BOLD is a {len(image.shape)}D image {image.shape}; a 4D time series is needed",
-            path=path, fix="give the 4D BOLD series (one file per run), not a single volume")
-    if image.shape[3] < 2:
-        raise InputDataError(f"BOLD has {image.shape[3]} volume; at least 2 are needed",
-                             path=path, fix="give the complete 4D BOLD series of the run")
+    check_bold_shape(path, image.header)
     return image
 
 

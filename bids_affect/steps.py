@@ -380,13 +380,7 @@ def occlusion_step(out_dir: Path, *, samples_dir: Path, decoding_dirs: Sequence[
 def _umap_step(out_dir: Path, class_maps: Mapping[str, np.ndarray], mask: np.ndarray,
                affine: np.ndarray, top_k: int, seed: int) -> dict[str, Any]:
     """UMAP embeddings of the top voxels (table and figure); their settings or why skipped."""
-    from bids_affect.occlusion import (
-        UMAP_MIN_DIST,
-        UMAP_N_NEIGHBORS,
-        plot_umap_embeddings,
-        umap_embeddings,
-        umap_settings,
-    )
+    from bids_affect.occlusion import plot_umap_embeddings, umap_embeddings, umap_settings
 
     if len(class_maps) < 2:
         reason = (f"UMAP skipped: it embeds the top voxels of 2 or more classes, and "
@@ -394,12 +388,10 @@ def _umap_step(out_dir: Path, class_maps: Mapping[str, np.ndarray], mask: np.nda
                   f"({', '.join(class_maps) or 'none'})")
         LOGGER.warning("%s.", reason)
         return {"skipped": reason}
-    embeddings = umap_embeddings(class_maps, mask, affine, k=top_k,
-                                 n_neighbors=UMAP_N_NEIGHBORS, min_dist=UMAP_MIN_DIST,
-                                 random_state=seed)
+    embeddings = umap_embeddings(class_maps, mask, affine, k=top_k, random_state=seed)
     deriv.write_tsv(out_dir / "umap.tsv", embeddings)
     plot_umap_embeddings(embeddings, out_dir / "umap.svg")
-    return {**umap_settings(len(embeddings), UMAP_N_NEIGHBORS, UMAP_MIN_DIST),
+    return {**umap_settings(len(embeddings)),
             "top_k_per_class": top_k, "n_voxels": len(embeddings), "random_state": seed}
 
 

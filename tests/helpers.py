@@ -20,3 +20,45 @@ def tree_digest(root: Path) -> str:
     root = Path(root)
     folders = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
     return hashlib.sha256(repr((folders, file_hashes(root))).encode()).hexdigest()
+
+
+_KILL_PRELUDE = """\
+import os, signal, sys
+import numpy as np
+from bids_affect.models import training
+
+_real_epoch, _epochs = training.train_one_epoch, []
+
+
+def _train_then_die(*args, **kwargs):
+    _epochs.append(1)
+    if len(_epochs) == {die_at}:  # the earlier epochs are checkpointed: die in this one
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real_epoch(*args, **kwargs)
+
+
+training.train_one_epoch = _train_then_die
+"""
+
+
+def run_until_killed(folder: Path, die_at_epoch: int, body: str, *args: object,
+                     timeout: float = 600) -> None:
+    """Run ``body`` in a fresh Python that SIGKILLs itself during training epoch ``die_at_epoch``.
+
+    ``body`` (Python, dedented here) reads its inputs from ``sys.argv[1:]`` = ``args``;
+    one thread, so that the resumed and uninterrupted runs agree bit for bit.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = Path(folder) / "killed.py"
+    script.write_text(_KILL_PRELUDE.format(die_at=int(die_at_epoch))
+                      + textwrap.dedent(body))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    done = subprocess.run([sys.executable, str(script), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr

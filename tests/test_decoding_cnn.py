@@ -7,17 +7,11 @@ is reproducible bit for bit.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from bids_affect.decoding import decode
+from tests.helpers import run_until_killed
 from tests.test_decoding import ar_noise, scene_labels
 
 CNN = {"epochs": 3, "batch_size": 16, "num_threads": 1, "compile": False}
@@ -83,28 +77,6 @@ def test_rare_class_at_the_end_of_a_run_or_shifted_there_is_handled(caplog):
         in caplog.text
 
 
-KILLED_DECODE = textwrap.dedent("""
-    import os, signal, sys
-    import numpy as np
-    from bids_affect.decoding import decode
-    from bids_affect.models import training
-
-    data = np.load(sys.argv[1])
-    real = training.train_one_epoch
-    calls = []
-
-    def train_then_die(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == int(sys.argv[3]):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-
-    training.train_one_epoch = train_then_die
-    decode(data["X"], data["labels"].tolist(), data["runs"], model="cnn-deepemotion",
-           n_permutations=4, random_state=0, cnn_params={cnn}, checkpoint_dir=sys.argv[2])
-""")
-
-
 def _counting_epochs(monkeypatch) -> list:
     from bids_affect.models import training
 
@@ -123,17 +95,15 @@ def test_decode_resumes_the_cnn_null_after_a_real_kill(tmp_path, monkeypatch):
     X, labels, runs = null_volumes(n_per_run=40)
     cnn = {**CNN, "epochs": 2, "patience": None}
     np.savez(tmp_path / "data.npz", X=X, labels=labels, runs=runs)
-    script = tmp_path / "decode.py"
-    script.write_text(KILLED_DECODE.replace("{cnn}", repr(cnn)))
     checkpoints = tmp_path / "checkpoints"
     # 3 folds x 2 epochs observed, 2 permutations x 3 folds x 2 epochs: die in the third.
-    kill_at = 3 * 2 + 2 * 3 * 2 + 3
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "data.npz"),
-                           str(checkpoints), str(kill_at)], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert done.returncode == -signal.SIGKILL, done.stderr
+    run_until_killed(tmp_path, 3 * 2 + 2 * 3 * 2 + 3, f"""
+        from bids_affect.decoding import decode
+        data = np.load(sys.argv[1])
+        decode(data["X"], data["labels"].tolist(), data["runs"], model="cnn-deepemotion",
+               n_permutations=4, random_state=0, cnn_params={cnn!r},
+               checkpoint_dir=sys.argv[2])
+    """, tmp_path / "data.npz", checkpoints)
     finished = sorted(path.name for path in (checkpoints / "null").iterdir())
     assert finished == ["permutation-0001.json", "permutation-0002.json"]
     assert not (checkpoints / "audit.pt").exists()

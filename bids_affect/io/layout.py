@@ -346,9 +346,10 @@ def check_bold_shape(path: Path, header) -> tuple[int, ...]:
     """Shape of a BOLD series from its header; anything but 4D with 2+ volumes is 65."""
     shape = tuple(int(n) for n in header.get_data_shape())
     if len(shape) != 4 or shape[3] < 2:
+        what = f"a {len(shape)}D image" if len(shape) != 4 else f"{shape[3]} volume"
         raise InputDataError(
-            f"BOLD file is not a time series (shape {shape}; expected 4D with 2 or more "
-            "volumes)", path=path,
+            f"BOLD file is {what}, not a time series (shape {shape}; a 4D series of 2 or "
+            "more volumes is needed)", path=path,
             fix="give the run's 4D BOLD series, not a single volume or a reference image")
     return shape
 

@@ -141,7 +141,8 @@ def run_bids_app(config: Config) -> None:
         from bids_affect.steps import find_decoding_outputs
 
         find_decoding_outputs(ex.output_dir, ex.participant_label)  # 66 before any write
-        derivatives.init_derivatives(ex.output_dir, bids_dir, links, methods=methods)
+        if "participant" not in ex.analysis_level:  # else the participant level just did
+            derivatives.init_derivatives(ex.output_dir, bids_dir, links, methods=methods)
         derivatives.write_text(derivatives.log_dir(ex.output_dir, None, ex.run_id)
                                / "bids_affect.toml", config.to_toml())
         run_workflow(init_group_wf_from_config(config, links), config)

@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sklearn.base import clone, is_classifier
@@ -20,6 +13,7 @@ from bids_affect.exceptions import InputDataError, UsageError
 from bids_affect.models import training
 from bids_affect.models.classifier import CNN3DClassifier
 from bids_affect.models.training import load_checkpoint
+from tests.helpers import run_until_killed
 from tests.models.test_training import FAST, SHAPE, needs_no_gpu, parameters_equal, planted_volumes
 
 FAST_CLASSIFIER = {**FAST, "validation_gap": 2, "validation_fraction": 0.2}
@@ -276,39 +270,16 @@ def test_resume_after_interruption_gives_the_same_model(planted, tmp_path, monke
     assert np.array_equal(uninterrupted.predict_proba(X_test), resumed.predict_proba(X_test))
 
 
-KILLED_FIT = textwrap.dedent("""
-    import os, signal, sys
-    import numpy as np
-    from bids_affect.models.classifier import CNN3DClassifier
-    from bids_affect.models import training
-
-    data = np.load(sys.argv[1])
-    real = training.train_one_epoch
-    calls = []
-
-    def train_then_die(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:   # epochs 1 and 2 are checkpointed: die during the third
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-
-    training.train_one_epoch = train_then_die
-    CNN3DClassifier(**{params}).fit(data["X"], data["y"])
-""")
-
-
 def test_resume_after_a_real_kill(planted, tmp_path):
     X, y, X_test, _ = planted
     params = {**FAST_CLASSIFIER, "epochs": 4, "random_state": 0,
               "checkpoint_path": str(tmp_path / "checkpoint.pt")}
     np.savez(tmp_path / "data.npz", X=X, y=y)
-    script = tmp_path / "fit.py"
-    script.write_text(KILLED_FIT.replace("{params}", repr(params)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), *sys.path])}
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "data.npz")], env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == -signal.SIGKILL, done.stderr
+    run_until_killed(tmp_path, 3, f"""
+        from bids_affect.models.classifier import CNN3DClassifier
+        data = np.load(sys.argv[1])
+        CNN3DClassifier(**{params!r}).fit(data["X"], data["y"])
+    """, tmp_path / "data.npz", timeout=300)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
     resumed = CNN3DClassifier(**params).fit(X, y)
     uninterrupted = CNN3DClassifier(**{**params, "checkpoint_path": None}).fit(X, y)
