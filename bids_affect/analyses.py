@@ -1,8 +1,17 @@
-"""The registry of analyses: names, descriptions, availability and requirements.
+"""The registry of analyses: one :class:`Analysis` record per analysis.
 
-``--analyses`` choices in ``--help`` and in the docs come from here. An
-analysis of the roadmap that is not built yet is registered as unavailable, so
-asking for it is refused with exit 64 and a clear line, never silently skipped.
+A record carries everything the app needs to offer an analysis: its name and
+description (``--analyses`` choices), its options dataclass (a config section
+``[NAME]`` and command-line flags generated from it, see :mod:`bids_affect.config`),
+the output kinds it writes (:data:`bids_affect.io.derivatives.OUTPUTS`), the
+checks of its options at parse time, and ``wire``, which adds its nodes to a
+subject's workflow (:class:`bids_affect.workflows.participant.ParticipantWorkflow`).
+Adding an analysis takes a library module (the science), a steps module (its
+options, steps and wiring) and one :func:`register_analysis` call; the parser,
+the configuration and the workflows pick it up from here.
+
+An analysis of the roadmap that is not built yet is registered as unavailable,
+so asking for it is refused with exit 64 and a clear line, never silently skipped.
 
 Examples
 --------
@@ -13,43 +22,72 @@ Examples
 >>> check_analyses(["encoding"], ["ridge"])
 Traceback (most recent call last):
 ...
-bids_affect.exceptions.UsageError: --analyses: 'encoding' is not available in bids_affect ...
+bids_affect.exceptions.UsageError: analyses: 'encoding' is not available in bids_affect ...
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bids_affect.__about__ import __version__
 from bids_affect.exceptions import UsageError
+from bids_affect.steps import decoding, occlusion, rsa
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """One analysis of the BIDS-App."""
+    """One analysis of the BIDS-App.
+
+    Attributes
+    ----------
+    name : str
+        Its ``--analyses`` name and config section.
+    description : str
+        One line for ``--help`` and the docs.
+    options : type or None
+        Its options: a dataclass made with :func:`bids_affect.config.section`
+        whose fields are declared with :func:`bids_affect.config.option`.
+    wire : callable or None
+        ``wire(builder, options)`` adds its nodes to one subject's workflow.
+    outputs : tuple of str
+        Output kinds it writes (keys of :data:`bids_affect.io.derivatives.OUTPUTS`).
+    check : callable or None
+        ``check(options, config)``: parse-time checks of its options (exit 64).
+    needs_cnn : bool
+        It reads trained CNN decoders, so ``--models`` must name one.
+    available : bool
+        False for an analysis of the roadmap not built yet.
+    """
 
     name: str
     description: str
-    available: bool = True
+    options: type | None = None
+    wire: Callable[[Any, Any], None] | None = None
+    outputs: tuple[str, ...] = ()
+    check: Callable[[Any, Any], None] | None = None
     needs_cnn: bool = False
+    available: bool = True
 
 
-ANALYSES: dict[str, Analysis] = {
-    analysis.name: analysis
-    for analysis in (
-        Analysis("decoding", "within-subject emotion decoders with run-wise CV, chance "
-                             "level and permutation tests"),
-        Analysis("occlusion", "occlusion sensitivity maps of CNN decoders, top voxels, UMAP",
-                 needs_cnn=True),
-        Analysis("rsa", "brain and CNN RDMs compared with Mantel tests"),
-        Analysis("encoding", "voxelwise encoding models of stimulus CNN features",
-                 available=False),
-        Analysis("selectivity", "emotion selectivity of CNN channels", available=False),
-        Analysis("synthesis", "stimuli that maximise an ROI's encoding model",
-                 available=False),
-    )
-}
+#: Every analysis, by name, in the order they run and are listed.
+ANALYSES: dict[str, Analysis] = {}
+
+
+def register_analysis(analysis: Analysis) -> Analysis:
+    """Add ``analysis`` to the registry; a name taken already is an error."""
+    if analysis.name in ANALYSES or analysis.name == "none":
+        raise ValueError(f"analysis {analysis.name!r} is already registered")
+    if analysis.available and analysis.wire is None:
+        raise ValueError(f"analysis {analysis.name!r} is available but has no wire function")
+    ANALYSES[analysis.name] = analysis
+    return analysis
+
+
+def unregister_analysis(name: str) -> None:
+    """Remove an analysis (tests and plug-ins that replace one)."""
+    ANALYSES.pop(name, None)
 
 
 def list_analyses() -> dict[str, str]:
@@ -63,27 +101,47 @@ def check_analyses(names: Sequence[str], models: Sequence[str]) -> list[str]:
     Raises :class:`UsageError` for unknown or unavailable analyses, and for
     analyses that need a CNN when ``models`` holds none.
     """
+    from bids_affect.decoding import is_cnn, list_models
+
     names = [name.lower() for name in names]
     if names == ["none"]:
         return []
     if "none" in names:
-        raise UsageError("--analyses: 'none' cannot be combined with other analyses")
+        raise UsageError("'none' cannot be combined with other analyses", path="analyses")
     for name in names:
         if name not in ANALYSES:
-            raise UsageError(f"--analyses: {name!r} is unknown",
+            raise UsageError(f"{name!r} is unknown", path="analyses",
                              fix=f"use one of {', '.join(list_analyses())}, or none")
         if not ANALYSES[name].available:
-            raise UsageError(f"--analyses: {name!r} is not available in bids_affect "
-                             f"{__version__} (it arrives in a later release)",
+            raise UsageError(f"{name!r} is not available in bids_affect {__version__} (it "
+                             "arrives in a later release)", path="analyses",
                              fix=f"use one of {', '.join(list_analyses())}")
-    cnn_models = [model for model in models if model.startswith("cnn-")]
     for name in names:
-        if ANALYSES[name].needs_cnn and not cnn_models:
-            from bids_affect.decoding import list_models
-
-            known = [m for m in list_models() if m.startswith("cnn-")]
-            raise UsageError(
-                f"--analyses {name} needs a CNN decoder, but --models has none "
-                f"({', '.join(models)})",
-                fix=f"add one of {', '.join(known)} to --models")
+        if ANALYSES[name].needs_cnn and not any(is_cnn(model) for model in models):
+            known = [model for model in list_models() if is_cnn(model)]
+            raise UsageError(f"{name} needs a CNN decoder, but --models has none "
+                             f"({', '.join(models)})", path="analyses",
+                             fix=f"add one of {', '.join(known)} to --models")
     return [name for name in ANALYSES if name in names]
+
+
+register_analysis(Analysis(
+    "decoding", "within-subject emotion decoders with run-wise CV, chance level and "
+                "permutation tests",
+    options=decoding.DecodingOptions, wire=decoding.wire,
+    outputs=("decoding", "predictions", "confusion", "null_distribution", "model")))
+register_analysis(Analysis(
+    "occlusion", "occlusion sensitivity maps of CNN decoders, top voxels, UMAP",
+    options=occlusion.OcclusionOptions, wire=occlusion.wire, needs_cnn=True,
+    outputs=("occlusion_map", "occlusion_topk", "occlusion_samples", "occlusion_umap",
+             "figure")))
+register_analysis(Analysis(
+    "rsa", "brain and CNN RDMs compared with Mantel tests",
+    options=rsa.RSAOptions, wire=rsa.wire, check=rsa.check_options,
+    outputs=("rdm", "rsa_statistics")))
+register_analysis(Analysis("encoding", "voxelwise encoding models of stimulus CNN features",
+                           available=False))
+register_analysis(Analysis("selectivity", "emotion selectivity of CNN channels",
+                           available=False))
+register_analysis(Analysis("synthesis", "stimuli that maximise an ROI's encoding model",
+                           available=False))

@@ -909,3 +909,43 @@ def roi_atlas_info(roi_atlas: RoiAtlas | str) -> dict[str, Any]:
             "ROIs": {name: list(parts) for name, parts in roi_atlas.rois.items()},
             "Resampling": "label image resampled to the data grid with nilearn "
                           "(nearest neighbour)"}
+
+
+def roi_columns(mask_img: nib.Nifti1Image, roi_atlas: str | None, space: str | None
+                ) -> dict[str, np.ndarray]:
+    """Columns of a sample matrix (the voxels of ``mask_img``) inside each ROI of an atlas.
+
+    Parameters
+    ----------
+    mask_img : nibabel image
+        The brain mask whose voxels, in C order, are the columns.
+    roi_atlas : str or None
+        An ``--roi-atlas`` value (:func:`parse_roi_atlas`); None gives no ROI.
+    space : str or None
+        Space of the data (None: native).
+
+    Raises
+    ------
+    InputDataError
+        The atlas does not fit the data's space, or an ROI holds no voxel of the mask.
+
+    Examples
+    --------
+    >>> roi_columns(None, None, None)
+    {}
+    """
+    if not roi_atlas:
+        return {}
+    atlas = parse_roi_atlas(roi_atlas)
+    inside = np.asarray(mask_img.dataobj) > 0
+    masks = roi_atlas_masks(atlas, mask_img.affine, inside.shape, space=space)
+    columns = {}
+    for roi, mask in masks.items():
+        columns[roi] = np.flatnonzero(mask[inside])
+        if not columns[roi].size:
+            raise InputDataError(
+                f"ROI {roi!r} of --roi-atlas {roi_atlas} holds no voxel of the brain mask "
+                f"({int(mask.sum())} voxels on the data grid, none inside the mask)",
+                fix="leave that ROI out of --roi-atlas, or check the field of view and the "
+                    "brain mask of the data")
+    return columns

@@ -58,8 +58,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from bids_affect._docs import doc_filler
+from bids_affect._utils.docs import DOCDICT, fill_doc
 from bids_affect.exceptions import InputDataError, InputMissingError, UsageError
+from bids_affect.io.annotations import LabelSpec
 from bids_affect.io.derivatives import (
     atomic_path,
     software_versions,
@@ -75,8 +76,8 @@ LOGGER = logging.getLogger("bids_affect.bold")
 #: Default high-pass cutoff (Hz): well below the recurrence of emotions in a movie.
 DEFAULT_HIGH_PASS = 1.0 / 300.0
 
-#: Default minimum number of labelled volumes per class and subject.
-DEFAULT_MIN_VOLUMES = 20
+#: Default minimum number of labelled volumes per class and subject (the label spec's).
+DEFAULT_MIN_VOLUMES = LabelSpec.min_volumes
 
 #: Largest difference (mm) between two affines that still counts as the same grid.
 AFFINE_TOLERANCE_MM = 1e-3
@@ -168,8 +169,9 @@ CONFOUND_STRATEGIES: Mapping[str, ConfoundStrategy] = MappingProxyType({
 })
 
 
-_fill_doc = doc_filler({"cleaning": _CLEANING_DOC.replace(
-    "%(strategies)s", ", ".join(f'"{name}"' for name in CONFOUND_STRATEGIES))})
+# The strategies come from the table above, so their list in the docs cannot drift.
+DOCDICT["cleaning"] = _CLEANING_DOC.replace(
+    "%(strategies)s", ", ".join(f'"{name}"' for name in CONFOUND_STRATEGIES))
 
 
 def list_confound_strategies() -> dict[str, str]:
@@ -695,7 +697,7 @@ def clean_signals(signals: np.ndarray, t_r: float, *,
     return cleaned
 
 
-@_fill_doc
+@fill_doc
 def clean_run(run: RunRecord, mask_img: nib.Nifti1Image, *, detrend: bool = True,
               high_pass: float | None = DEFAULT_HIGH_PASS, confounds: str = "motion",
               standardize: bool | str = True,
@@ -810,7 +812,7 @@ def _run_table(run: RunRecord, index: int, labels: list[str | None],
         "label": pd.Series(labels, dtype=object), "censored": censored})
 
 
-@_fill_doc
+@fill_doc
 def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | None,
                   out_dir: str | Path, *, mask_img: str | Path | nib.Nifti1Image | None = None,
                   detrend: bool = True, high_pass: float | None = DEFAULT_HIGH_PASS,
@@ -866,15 +868,7 @@ def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | 
 
     images = [load_bold(run.bold) for run in runs]  # headers only: fail early
     given_path = Path(mask_img) if isinstance(mask_img, (str, Path)) else None
-    if mask_img is None:
-        fmriprep = all(run.mask is not None for run in runs)
-        mask_origin = "fMRIPrep brain masks (intersection)" if fmriprep else "nilearn EPI mask"
-        mask_sources = [str(run.mask) for run in runs] if fmriprep else []
-        mask_img = subject_mask(runs)
-    else:
-        mask_origin = "given"
-        mask_sources = [str(given_path)] if given_path else []
-        mask_img = load_mask(mask_img)
+    mask_img, mask_about = _choose_mask(runs, mask_img)
     for run, image in zip(runs, images):
         _check_grid(mask_img, given_path or run.mask, image, Path(run.bold))
     single_subject = len({run.subject for run in runs}) == 1
@@ -884,14 +878,50 @@ def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | 
 
     inside = np.asarray(mask_img.dataobj, bool)
     box = bounding_box(inside)
-    crop_mask = inside[box]
     n_total = sum(image.shape[3] for image in images)
-    n_voxels = int(inside.sum())
+    tables, run_entries = _write_runs(
+        runs, labels, loaded, mask_img, box, out_dir, n_total, smoothing_fwhm=smoothing_fwhm,
+        detrend=detrend, high_pass=high_pass, standardize=standardize)
+    write_nifti(out_dir / MASK_FILE, mask_img)
+    write_tsv(out_dir / TABLE_FILE, pd.concat(tables, ignore_index=True))
+    write_json(out_dir / MANIFEST_FILE, _manifest(runs, mask_img, mask_about, box, n_total,
+                                                  parameters, run_entries))
+    LOGGER.info("Wrote %d volumes x %d voxels (%d runs) to %s", n_total, int(inside.sum()),
+                len(runs), out_dir)
+    return SampleSet.load(out_dir)
+
+
+def _choose_mask(runs: Sequence[RunRecord], mask_img: str | Path | nib.Nifti1Image | None
+                 ) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+    """The mask of a sample set and what the manifest says of it (origin, sources)."""
+    if mask_img is None:
+        fmriprep = all(run.mask is not None for run in runs)
+        return subject_mask(runs), {
+            "origin": "fMRIPrep brain masks (intersection)" if fmriprep else "nilearn EPI mask",
+            "sources": [str(run.mask) for run in runs] if fmriprep else []}
+    given_path = Path(mask_img) if isinstance(mask_img, (str, Path)) else None
+    return load_mask(mask_img), {"origin": "given",
+                                 "sources": [str(given_path)] if given_path else []}
+
+
+def _write_runs(runs: Sequence[RunRecord], labels: Sequence[list[str | None]],
+                loaded: Sequence[tuple[pd.DataFrame | None, np.ndarray | None]],
+                mask_img: nib.Nifti1Image, box: tuple[slice, slice, slice], out_dir: Path,
+                n_total: int, *, smoothing_fwhm: float | None, detrend: bool,
+                high_pass: float | None, standardize: bool | str
+                ) -> tuple[list[pd.DataFrame], list[dict[str, Any]]]:
+    """Clean each run and append it to both views; each run's table and manifest entry.
+
+    One run is in memory at a time; both files are written sequentially under
+    temporary names and renamed into place when every run is in.
+    """
+    inside = np.asarray(mask_img.dataobj, bool)
+    crop_mask = inside[box]
     tables, run_entries = [], []
     with atomic_path(out_dir / SAMPLES_FILE) as samples_tmp, \
             atomic_path(out_dir / VOLUMES_FILE) as volumes_tmp, \
             open(samples_tmp, "wb") as samples_file, open(volumes_tmp, "wb") as volumes_file:
-        _write_npy_header(samples_file, (n_total, n_voxels))
+        _write_npy_header(samples_file, (n_total, int(inside.sum())))
         _write_npy_header(volumes_file, (n_total, *crop_mask.shape))
         first_row = 0
         for index, run in enumerate(track(runs, desc="cleaning runs")):
@@ -916,31 +946,37 @@ def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | 
                 "confound_columns": [] if table is None else list(table.columns),
                 "censored_volumes": np.flatnonzero(censored).tolist()})
             first_row += n_volumes
+    return tables, run_entries
 
-    write_nifti(out_dir / MASK_FILE, mask_img)
-    write_tsv(out_dir / TABLE_FILE, pd.concat(tables, ignore_index=True))
+
+def _manifest(runs: Sequence[RunRecord], mask_img: nib.Nifti1Image,
+              mask_about: Mapping[str, Any], box: tuple[slice, slice, slice], n_total: int,
+              parameters: Mapping[str, Any], run_entries: list[dict[str, Any]]
+              ) -> dict[str, Any]:
+    """The content of ``manifest.json``: written last, it vouches for the other files."""
+    inside = np.asarray(mask_img.dataobj, bool)
+    crop_shape = inside[box].shape
+    n_voxels = int(inside.sum())
     affine = np.asarray(mask_img.affine)
     crop_affine = affine.copy()
     crop_affine[:3, 3] = affine[:3, :3] @ [s.start for s in box] + affine[:3, 3]
     sources = [str(p) for run in runs for p in (run.bold, run.mask, run.confounds)
                if p is not None]
-    write_json(out_dir / MANIFEST_FILE, {
+    return {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "complete": True,
         "parameters": parameters,
-        "mask": {"file": MASK_FILE, "origin": mask_origin, "sources": mask_sources},
+        "mask": {"file": MASK_FILE, "origin": mask_about["origin"],
+                 "sources": mask_about["sources"]},
         "shape": list(inside.shape), "affine": affine, "bbox": [[s.start, s.stop] for s in box],
         "crop_affine": crop_affine, "n_volumes": n_total, "n_voxels": n_voxels,
         "files": {"samples": {"file": SAMPLES_FILE, "shape": [n_total, n_voxels],
                               "dtype": "float32"},
-                  "volumes": {"file": VOLUMES_FILE, "shape": [n_total, *crop_mask.shape],
+                  "volumes": {"file": VOLUMES_FILE, "shape": [n_total, *crop_shape],
                               "dtype": "float32"},
                   "table": {"file": TABLE_FILE, "rows": n_total}},
         "runs": run_entries, "sources": list(dict.fromkeys(sources)),
         "software": software_versions(),
-    })
-    LOGGER.info("Wrote %d volumes x %d voxels (%d runs) to %s", n_total, n_voxels, len(runs),
-                out_dir)
-    return SampleSet.load(out_dir)
+    }
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The nipype interface that runs one step of the BIDS-App inside a node.
 
 Every node of the participant and group workflows is a :class:`RunStep`: it
-calls one function of :mod:`bids_affect.steps` (by name) with JSON-ready
+calls one step function (named ``"module:function"``, see
+:func:`bids_affect.steps.step_path`) with JSON-ready
 keyword arguments and the folders of upstream steps, writing into the node's
 own folder in the work directory. nipype hashes the arguments and the input
 files, so a rerun reuses every step that finished and resumes the others.
@@ -24,7 +25,7 @@ from nipype.interfaces.base import (
 
 
 class _RunStepInputSpec(BaseInterfaceInputSpec):
-    step = traits.Str(mandatory=True, desc="name of a function in bids_affect.steps.STEPS")
+    step = traits.Str(mandatory=True, desc="the step function, as 'module:function'")
     kwargs = traits.Dict(mandatory=True, desc="JSON-ready keyword arguments of the step")
     in_files = InputMultiObject(File(exists=True),
                                 desc="input files whose change must invalidate the cache")
@@ -41,7 +42,7 @@ class _RunStepOutputSpec(TraitedSpec):
 
 
 class RunStep(SimpleInterface):
-    """Run ``bids_affect.steps.STEPS[step](out_dir, **kwargs, **upstream folders)``."""
+    """Run the step ``module:function`` as ``step(out_dir, **kwargs, **upstream folders)``."""
 
     input_spec = _RunStepInputSpec
     output_spec = _RunStepOutputSpec
@@ -51,7 +52,7 @@ class RunStep(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_affect import progress
-        from bids_affect.steps import STEPS
+        from bids_affect.steps import resolve_step
 
         out_dir = Path(runtime.cwd) / "result"
         out_dir.mkdir(exist_ok=True)
@@ -64,6 +65,6 @@ class RunStep(SimpleInterface):
             kwargs["decoding_dirs"] = [Path(p) for p in self.inputs.decoding_dirs]
         label = self.inputs.progress_label if isdefined(self.inputs.progress_label) else ""
         with progress.context(label or self.inputs.step):
-            STEPS[self.inputs.step](out_dir, **kwargs)
+            resolve_step(self.inputs.step)(out_dir, **kwargs)
         self._results["out_dir"] = str(out_dir)
         return runtime

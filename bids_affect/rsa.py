@@ -49,26 +49,32 @@ Examples
 
 from __future__ import annotations
 
-import functools
 import itertools
-import math
+import logging
 import os
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from scipy.spatial.distance import pdist, squareform
 
+from bids_affect._utils.docs import fill_doc
+from bids_affect._utils.validation import check_choice
 from bids_affect.exceptions import InputDataError, InputMissingError, UsageError
 from bids_affect.io.derivatives import desc_label
-from bids_affect.progress import Progress
+from bids_affect.stats.mantel import (
+    ALTERNATIVES,
+    MAX_EXACT_CLASSES,
+    METHODS,
+    MantelResult,
+    constant_warning,
+    correlate,
+    kendall_tau_a,
+    mantel,
+    upper_triangle,
+)
 
 __all__ = [
     "ALTERNATIVES",
@@ -88,7 +94,10 @@ __all__ = [
     "fold_averaged_rdm",
     "kendall_tau_a",
     "mantel_test",
+    "model_rdm",
     "model_rdm_name",
+    "penultimate_features",
+    "reference_rdms",
     "rdm_to_table",
     "read_rdm",
     "shared_class_names",
@@ -104,72 +113,16 @@ DISTANCES: dict[str, str] = {
                   "deviation (cross-validated Mahalanobis with a diagonal noise model)",
 }
 
-#: Correlations of RDM upper triangles that :func:`compare_rdms` knows.
-METHODS: dict[str, str] = {
-    "pearson": "Pearson r",
-    "spearman": "Spearman rho (Pearson r of average ranks)",
-    "kendall_tau_a": "Kendall tau-a: (concordant - discordant pairs) / all pairs, "
-                     "no tie correction",
-}
-
-#: Alternative hypotheses of :func:`mantel_test`.
-ALTERNATIVES = ("greater", "less", "two-sided")
-
-#: Up to this many classes the Mantel test enumerates every permutation by default.
-MAX_EXACT_CLASSES = 8
+LOGGER = logging.getLogger("bids_affect.rsa")
 
 #: Columns of ``desc-rsa_statistics.tsv`` (:func:`compare_rdms_table`).
 TABLE_COLUMNS = ("rdm_a", "rdm_b", "method", "r", "p", "n_permutations", "exact")
 
-#: Largest class count for which ``exact=True`` is accepted (10! = 3,628,800).
-_MAX_FORCED_EXACT = 10
 #: An RDM is symmetric with a zero diagonal when it is within this much, times
 #: max(1, its largest absolute entry), of being so.
 _SYMMETRY_TOLERANCE = 1e-8
-#: Permuted Pearson statistics closer than this to the observed one count as
-#: ties: they differ from it only by rounding (the sums run in other orders).
-_TIE_TOLERANCE = 1e-10
-#: Elements per batch of permuted upper triangles: bounds memory (about 32 MB).
-_BATCH_ELEMENTS = 2**20
-#: Above this many gathered elements (permutations x RDM entries) a test runs
-#: the compiled kernel (compiling takes about a second) and reports progress.
-_LARGE_WORK = 10**8
-#: Kendall nulls count sign agreements of all entry pairs up to this many
-#: pairs per permutation (k <= 25 classes); above, an O(m log m) sort is faster.
-_MAX_SIGN_PAIRS = 50_000
 #: Samples summed per step when class means are computed (bounds float64 copies).
 _ROW_CHUNK = 128
-
-_DOCS = {
-    "method": """method : {"pearson", "spearman", "kendall_tau_a"}
-        Correlation of the upper triangles (:data:`METHODS`). Spearman ranks
-        with average ties; Kendall's tau-a has no tie correction.""",
-    "permutation_test": """n_permutations : int
-        Monte Carlo permutations (ignored when the test is exact). 0 skips the
-        Monte Carlo test (p is NaN).
-    alternative : {"greater", "less", "two-sided"}
-        "greater": p is the fraction of permutations whose statistic is at
-        least the observed one; "less": at most; "two-sided": at least as
-        large in absolute value. The identity permutation always counts.
-    exact : bool or None
-        Enumerate all ``k!`` permutations. None: exact when ``k <= 8``
-        (:data:`MAX_EXACT_CLASSES`), Monte Carlo above, where
-        ``p = (1 + #extreme) / (1 + n_permutations)``. True is accepted up to
-        ``k = 10``.
-    random_state : int, numpy Generator or None
-        Seed of the Monte Carlo permutations. The same integer draws the same
-        permutations as ``skbio.stats.distance.mantel(..., seed=random_state)``.
-    n_jobs : int
-        Threads for large tests (more than 1e8 permuted entries, e.g. 1,000
-        classes); -1 uses every available core. Results do not depend on it.""",
-}
-
-
-def _fill_doc(func: Callable) -> Callable:
-    """Paste the shared parameter descriptions of ``_DOCS`` into ``func``'s docstring."""
-    func.__doc__ = (func.__doc__ or "") % _DOCS
-    return func
-
 
 # --------------------------------------------------------------------------- RDM names
 
@@ -311,7 +264,7 @@ def compute_rdm(X: Any, labels: Sequence[Any], classes: Sequence[Any] | None = N
     >>> float(rdm.loc["a", "b"])
     4.5
     """
-    _check_choice(distance, DISTANCES, "distance")
+    check_choice(distance, "distance", DISTANCES)
     cross_validated = distance in ("cv_euclidean", "crossnobis")
     if cross_validated and runs is None:
         raise UsageError(f"distance {distance!r} is cross-validated across runs and needs "
@@ -333,10 +286,13 @@ def compute_rdm(X: Any, labels: Sequence[Any], classes: Sequence[Any] | None = N
     return pd.DataFrame(values, index=names, columns=names)
 
 
-def _unmeasured_pair(n_folds: np.ndarray, names: Sequence[str]) -> tuple[str, str] | None:
-    """The first pair of classes that no fold measured (a 0 in ``n_folds``), or None."""
+def _check_measured(n_folds: np.ndarray, names: Sequence[str], why: str, path: str,
+                    fix: str) -> None:
+    """Refuse an RDM with a pair of classes no fold measured (a 0 in ``n_folds``)."""
     never = np.argwhere(n_folds == 0)
-    return (names[never[0][0]], names[never[0][1]]) if never.size else None
+    if never.size:
+        first, second = names[never[0][0]], names[never[0][1]]
+        raise InputDataError(f"classes {first!r} and {second!r} {why}", path=path, fix=fix)
 
 
 def fold_averaged_rdm(features_by_fold: Sequence[Any], labels_by_fold: Sequence[Sequence[Any]],
@@ -397,7 +353,7 @@ def fold_averaged_rdm(features_by_fold: Sequence[Any], labels_by_fold: Sequence[
     >>> n_folds.loc["a"].tolist()
     [2, 2, 1]
     """
-    _check_choice(distance, DISTANCES, "distance")
+    check_choice(distance, "distance", DISTANCES)
     n_given = len(features_by_fold)
     if n_given == 0 or len(labels_by_fold) != n_given or (
             runs_by_fold is not None and len(runs_by_fold) != n_given):
@@ -425,13 +381,9 @@ def fold_averaged_rdm(features_by_fold: Sequence[Any], labels_by_fold: Sequence[
         raise InputDataError(f"class {names[missing[0]]!r} has no samples in any fold",
                              path="labels_by_fold",
                              fix="leave it out of classes, or check the labels")
-    pair = _unmeasured_pair(n_folds, names)
-    if pair:
-        first, second = pair
-        raise InputDataError(f"classes {first!r} and {second!r} never occur in the same "
-                             "fold, so their distance cannot be measured in one feature "
-                             "space", path="labels_by_fold",
-                             fix="leave one of them out, or use fewer, larger test folds")
+    _check_measured(n_folds, names, "never occur in the same fold, so their distance cannot "
+                    "be measured in one feature space", "labels_by_fold",
+                    "leave one of them out, or use fewer, larger test folds")
     averaged = totals / n_folds
     np.fill_diagonal(averaged, 0.0)
     return (pd.DataFrame(averaged, index=names, columns=names),
@@ -550,14 +502,10 @@ def _crossvalidated_distances(sums: np.ndarray, counts: np.ndarray, names: list[
         cell = np.ix_(present, present)
         accumulated[cell] += within[:, None] + within[None, :] - kernel - kernel.T
         n_folds[cell] += 1
-    pair = _unmeasured_pair(n_folds, names)
-    if pair:
-        first, second = pair
-        raise InputDataError(f"classes {first!r} and {second!r} never occur together in a "
-                             "held-out run while also occurring in the other runs, so their "
-                             "cross-validated distance is undefined", path="runs",
-                             fix="leave one of them out, or use a distance that is not "
-                                 "cross-validated")
+    _check_measured(n_folds, names, "never occur together in a held-out run while also "
+                    "occurring in the other runs, so their cross-validated distance is "
+                    "undefined", "runs",
+                    "leave one of them out, or use a distance that is not cross-validated")
     distances = accumulated / n_folds / n_features
     distances = (distances + distances.T) / 2
     np.fill_diagonal(distances, 0.0)
@@ -756,87 +704,6 @@ def read_rdm(path: str | os.PathLike) -> pd.DataFrame:
 # --------------------------------------------------------------------------- comparisons
 
 
-def kendall_tau_a(x: Any, y: Any) -> float:
-    """Kendall's tau-a of two vectors: ``(concordant - discordant) / (n (n - 1) / 2)``.
-
-    Pairs tied in ``x`` or ``y`` count in the denominator and in neither count
-    (no tie correction; scipy's ``kendalltau`` gives tau-b or tau-c). tau-a is
-    the variant recommended for RDMs with tied entries, such as categorical
-    model RDMs (Nili et al. 2014). Computed in O(n log n) from scipy's tau-b:
-    ``tau_a = tau_b * sqrt((n0 - n1) (n0 - n2)) / n0``, where ``n0`` counts all
-    pairs and ``n1``, ``n2`` the pairs tied in ``x``, ``y``; the numerator is
-    an integer and is rounded to it. A constant vector gives 0.
-
-    Parameters
-    ----------
-    x, y : array-like of the same length (at least 2)
-
-    Returns
-    -------
-    float
-
-    Examples
-    --------
-    >>> kendall_tau_a([1, 2, 3, 4], [1, 2, 4, 3])
-    0.6666666666666666
-    >>> kendall_tau_a([1, 1, 2, 3], [1, 2, 3, 4])  # tau-b would be 0.9129
-    0.8333333333333334
-    """
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if x.shape != y.shape or x.size < 2:
-        raise InputDataError(f"tau-a needs two vectors of the same length >= 2; got "
-                             f"{x.size} and {y.size} values", path="x, y")
-    n_pairs = x.size * (x.size - 1) // 2
-    untied_x, untied_y = n_pairs - _tied_pairs(x), n_pairs - _tied_pairs(y)
-    if untied_x == 0 or untied_y == 0:
-        return 0.0
-    tau_b = stats.kendalltau(x, y, variant="b", method="asymptotic").statistic
-    return round(tau_b * math.sqrt(untied_x) * math.sqrt(untied_y)) / n_pairs
-
-
-def _tied_pairs(values: np.ndarray) -> int:
-    """Number of pairs of equal entries."""
-    counts = np.unique(values, return_counts=True)[1]
-    return int((counts * (counts - 1) // 2).sum())
-
-
-@functools.lru_cache(maxsize=8)
-def _triu(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of the upper triangle of a k x k matrix, computed once per k.
-
-    Row by row: the order of scipy's and scikit-bio's condensed form.
-    """
-    rows, columns = np.triu_indices(k, 1)
-    rows.flags.writeable = columns.flags.writeable = False
-    return rows, columns
-
-
-def _upper(matrix: np.ndarray) -> np.ndarray:
-    """Upper triangle of a square matrix, row by row."""
-    return matrix[_triu(len(matrix))]
-
-
-def _symmetric(vector: np.ndarray, k: int) -> np.ndarray:
-    """The symmetric k x k matrix with zero diagonal whose upper triangle is ``vector``."""
-    rows, columns = _triu(k)
-    matrix = np.zeros((k, k))
-    matrix[rows, columns] = vector
-    matrix[columns, rows] = vector
-    return matrix
-
-
-def _correlate(a_vector: np.ndarray, b_vector: np.ndarray, method: str) -> float:
-    """Correlation of two non-constant vectors."""
-    if method == "kendall_tau_a":
-        return kendall_tau_a(a_vector, b_vector)
-    if method == "spearman":
-        a_vector, b_vector = stats.rankdata(a_vector), stats.rankdata(b_vector)
-    a_centred, b_centred = a_vector - a_vector.mean(), b_vector - b_vector.mean()
-    r = np.dot(a_centred / np.linalg.norm(a_centred), b_centred / np.linalg.norm(b_centred))
-    return float(np.clip(r, -1.0, 1.0))
-
-
 def _align(rdms: Mapping[str, pd.DataFrame], purpose: str = "the Mantel test"
            ) -> tuple[list[str], dict[str, np.ndarray]]:
     """Validate named RDMs and put them in the class order of the first.
@@ -865,12 +732,7 @@ def _align(rdms: Mapping[str, pd.DataFrame], purpose: str = "the Mantel test"
                      for name, rdm in checked.items()}
 
 
-def _constant_warning(names: Sequence[str]) -> None:
-    warnings.warn(f"the entries of RDM {names[0]!r} or {names[1]!r} are all equal, so their "
-                  "correlation is undefined; r and p are NaN", RuntimeWarning, stacklevel=3)
-
-
-@_fill_doc
+@fill_doc
 def compare_rdms(a: pd.DataFrame, b: pd.DataFrame, method: str = "spearman") -> float:
     """Correlation of the upper triangles of two RDMs, aligned by class name.
 
@@ -899,13 +761,13 @@ def compare_rdms(a: pd.DataFrame, b: pd.DataFrame, method: str = "spearman") -> 
     >>> round(compare_rdms(a, b, "pearson"), 12)
     1.0
     """
-    _check_choice(method, METHODS, "method")
+    check_choice(method, "method", METHODS)
     _, (a_values, b_values) = _aligned_pair(a, b, "comparing RDMs")
-    a_vector, b_vector = _upper(a_values), _upper(b_values)
+    a_vector, b_vector = upper_triangle(a_values), upper_triangle(b_values)
     if np.ptp(a_vector) == 0 or np.ptp(b_vector) == 0:
-        _constant_warning(("a", "b"))
+        constant_warning(("a", "b"))
         return float("nan")
-    return _correlate(a_vector, b_vector, method)
+    return correlate(a_vector, b_vector, method)
 
 
 def _aligned_pair(a: pd.DataFrame, b: pd.DataFrame, purpose: str = "the Mantel test"):
@@ -916,35 +778,10 @@ def _aligned_pair(a: pd.DataFrame, b: pd.DataFrame, purpose: str = "the Mantel t
 # --------------------------------------------------------------------------- Mantel test
 
 
-@dataclass(frozen=True)
-class MantelResult:
-    """Result of :func:`mantel_test`.
-
-    Attributes
-    ----------
-    method : str
-        Correlation used (:data:`METHODS`).
-    statistic : float
-        Correlation of the two RDMs' upper triangles (NaN for a constant RDM).
-    p_value : float
-        Permutation p-value (NaN when no test ran).
-    n_permutations : int
-        Permutations counted: ``k!`` when exact, else the Monte Carlo count.
-    exact : bool
-        Whether every permutation was enumerated.
-    alternative : str
-        The alternative hypothesis (:data:`ALTERNATIVES`).
-    """
-
-    method: str
-    statistic: float
-    p_value: float
-    n_permutations: int
-    exact: bool
-    alternative: str
+# --------------------------------------------------------------------------- Mantel test
 
 
-@_fill_doc
+@fill_doc
 def mantel_test(a: pd.DataFrame, b: pd.DataFrame, method: str = "pearson",
                 n_permutations: int = 10000, alternative: str = "greater",
                 exact: bool | None = None, random_state: Any = None, n_jobs: int = 1
@@ -1002,247 +839,16 @@ def mantel_test(a: pd.DataFrame, b: pd.DataFrame, method: str = "pearson",
     >>> mantel_test(a, b, n_permutations=999, exact=False, random_state=0).n_permutations
     999
     """
-    _check_choice(method, METHODS, "method")
+    check_choice(method, "method", METHODS)
     _, (a_values, b_values) = _aligned_pair(a, b)
-    return _mantel(a_values, b_values, method, n_permutations, alternative, exact,
+    return mantel(a_values, b_values, method, n_permutations, alternative, exact,
                    random_state, n_jobs, names=("a", "b"))
-
-
-def _mantel(a: np.ndarray, b: np.ndarray, method: str, n_permutations: int, alternative: str,
-            exact: bool | None, random_state: Any, n_jobs: int, names: Sequence[str]
-            ) -> MantelResult:
-    """Mantel test of two aligned, validated RDM arrays (see :func:`mantel_test`)."""
-    _check_choice(alternative, ALTERNATIVES, "alternative")
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) \
-            or n_permutations < 0:
-        raise UsageError(f"must be an integer >= 0; got {n_permutations!r}",
-                         path="n_permutations")
-    n_jobs = _resolve_n_jobs(n_jobs)
-    k = len(a)
-    exact = _resolve_exact(exact, k)
-    n_total = math.factorial(k) if exact else int(n_permutations)
-    a_vector, b_vector = _upper(a), _upper(b)
-    if np.ptp(a_vector) == 0 or np.ptp(b_vector) == 0:
-        _constant_warning(names)
-        return MantelResult(method, float("nan"), float("nan"), 0, exact, alternative)
-    correlation = method
-    if method == "spearman":  # rank once: the ranks of a permuted RDM are the permuted ranks
-        a_vector, b_vector = stats.rankdata(a_vector), stats.rankdata(b_vector)
-        a, correlation = _symmetric(a_vector, k), "pearson"
-    statistic = _correlate(a_vector, b_vector, correlation)
-    if n_total == 0:
-        return MantelResult(method, statistic, float("nan"), 0, False, alternative)
-    null = _null_model(a, a_vector, b_vector, correlation, work=n_total * a_vector.size,
-                       n_jobs=n_jobs)
-    observed = float(null.statistics(np.arange(k)[None, :])[0])
-    batches = _permutation_batches(k, exact, n_total, null.batch_size, random_state)
-    n_extreme = 0
-    with ExitStack() as stack:
-        progress = (stack.enter_context(Progress(n_total, desc="Mantel permutations"))
-                    if n_total * a_vector.size >= _LARGE_WORK else None)
-        for permutations in batches:
-            n_extreme += _count_extreme(null.statistics(permutations), observed, alternative,
-                                        null.tolerance)
-            if progress is not None:
-                progress.update(len(permutations))
-    p_value = n_extreme / n_total if exact else (n_extreme + 1) / (n_total + 1)
-    return MantelResult(method, statistic, float(p_value), n_total, exact, alternative)
-
-
-def _resolve_exact(exact: bool | None, k: int) -> bool:
-    if exact is None:
-        return k <= MAX_EXACT_CLASSES
-    if exact and k > _MAX_FORCED_EXACT:
-        raise UsageError(f"exact=True enumerates all k! permutations and is limited to "
-                         f"{_MAX_FORCED_EXACT} classes; got {k}", path="exact",
-                         fix="use exact=None (Monte Carlo above 8 classes)")
-    return bool(exact)
-
-
-def _resolve_n_jobs(n_jobs: int) -> int:
-    if n_jobs == -1:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
-        raise UsageError(f"must be a positive integer or -1 (all cores); got {n_jobs!r}",
-                         path="n_jobs")
-    return int(n_jobs)
-
-
-def _count_extreme(null: np.ndarray, observed: float, alternative: str,
-                   tolerance: float) -> int:
-    """How many null statistics are at least as extreme as the observed one."""
-    if alternative == "greater":
-        extreme = null >= observed - tolerance
-    elif alternative == "less":
-        extreme = null <= observed + tolerance
-    else:
-        extreme = np.abs(null) >= abs(observed) - tolerance
-    return int(np.count_nonzero(extreme))
-
-
-def _permutation_batches(k: int, exact: bool, n_total: int, batch_size: int,
-                         random_state: Any) -> Iterator[np.ndarray]:
-    """Permutations of ``range(k)`` in (batch, k) arrays: all of them, or random ones.
-
-    Random permutations come from ``Generator.permuted`` on rows of ``arange(k)``,
-    which draws exactly what ``n`` calls of ``Generator.permutation(k)`` draw
-    (scikit-bio's scheme), whatever the batch size.
-    """
-    if exact:
-        enumeration = itertools.permutations(range(k))
-        while batch := list(itertools.islice(enumeration, batch_size)):
-            yield np.array(batch, dtype=np.intp)
-        return
-    rng = np.random.default_rng(random_state)
-    for start in range(0, n_total, batch_size):
-        rows = min(batch_size, n_total - start)
-        yield rng.permuted(np.tile(np.arange(k, dtype=np.intp), (rows, 1)), axis=1)
-
-
-@dataclass(frozen=True)
-class _NullModel:
-    """How to compute the statistic of permuted RDMs.
-
-    ``statistics`` maps an (n, k) array of permutations of ``a``'s classes to
-    their n statistics; ``batch_size`` bounds the memory of one call;
-    ``tolerance`` is how close to the observed statistic counts as a tie.
-    """
-
-    statistics: Callable[[np.ndarray], np.ndarray]
-    batch_size: int
-    tolerance: float
-
-
-def _null_model(a: np.ndarray, a_vector: np.ndarray, b_vector: np.ndarray, method: str,
-                work: int, n_jobs: int) -> _NullModel:
-    """Null statistics of ``method`` ("pearson", of values or ranks, or "kendall_tau_a").
-
-    ``a`` is the matrix that permutations relabel, ``a_vector`` and ``b_vector``
-    the upper triangles of ``a`` and of the fixed RDM.
-    """
-    rows, columns = _triu(len(a))
-    if method == "kendall_tau_a":
-        return _kendall_null(a, b_vector, rows, columns)
-    return _pearson_null(a, a_vector, b_vector, rows, columns, work, n_jobs)
-
-
-def _permuted_upper(matrix: np.ndarray, perms: np.ndarray, rows: np.ndarray,
-                    columns: np.ndarray) -> np.ndarray:
-    """Upper triangles of ``matrix`` with rows and columns permuted, one row per permutation.
-
-    Gathering from the flattened matrix is 3-5x faster than numpy's
-    two-array fancy indexing ``matrix[perms[:, rows], perms[:, columns]]``.
-    """
-    return matrix.ravel()[perms[:, rows] * len(matrix) + perms[:, columns]]
-
-
-def _pearson_null(a: np.ndarray, a_vector: np.ndarray, b_vector: np.ndarray, rows: np.ndarray,
-                  columns: np.ndarray, work: int, n_jobs: int) -> _NullModel:
-    """Pearson r of permuted ``a`` with ``b``: a dot product with b's unit vector.
-
-    A permutation keeps the mean and norm of ``a``'s entries, so centring and
-    normalising ``a`` once leaves one dot product per permutation.
-    """
-    centred_a = (a - a_vector.mean()) / np.linalg.norm(a_vector - a_vector.mean())
-    b_unit = (b_vector - b_vector.mean()) / np.linalg.norm(b_vector - b_vector.mean())
-    kernel = _compiled_kernel() if work >= _LARGE_WORK else None
-    if kernel is None:
-        # einsum, not BLAS: a multithreaded gemv this small mostly waits for its
-        # threads, and on a busy machine far longer than it computes.
-        return _NullModel(lambda perms: np.einsum(
-                              "pe,e->p", _permuted_upper(centred_a, perms, rows, columns), b_unit),
-                          batch_size=max(1, _BATCH_ELEMENTS // a_vector.size),
-                          tolerance=_TIE_TOLERANCE)
-
-    def statistics(perms: np.ndarray) -> np.ndarray:
-        out = np.empty(len(perms))
-        perms = perms.astype(np.uintp)
-        chunks = np.array_split(np.arange(len(perms)), min(n_jobs, len(perms)))
-
-        def run(chunk: np.ndarray) -> None:
-            start, stop = chunk[0], chunk[-1] + 1
-            kernel(centred_a, b_unit, perms[start:stop], out[start:stop])
-
-        if len(chunks) == 1:
-            run(chunks[0])
-        else:
-            with ThreadPoolExecutor(len(chunks)) as pool:
-                list(pool.map(run, chunks))
-        return out
-
-    return _NullModel(statistics, batch_size=max(4 * n_jobs, _BATCH_ELEMENTS // 8 // len(a)),
-                      tolerance=_TIE_TOLERANCE)
-
-
-@functools.cache
-def _compiled_kernel() -> Callable | None:
-    """numba kernel: ``out[p] = sum_{i<j} centred[perm_i, perm_j] * unit[entry(i, j)]``.
-
-    Compiled on first use (about a second); None when numba is not installed.
-    It releases the GIL, so threads run permutation chunks in parallel;
-    unsigned indices (``perms`` of dtype uintp) spare the checks for negative
-    ones, and a reorderable sum per row lets the compiler vectorise it. Memory
-    access to the permuted rows bounds it, as it bounds scikit-bio's Cython loop
-    (the same algorithm); see ``benchmarks/results/mantel.json``.
-    """
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    # fastmath lets LLVM reorder (and vectorise) each row's sum: a fixed order in this
-    # build, so results are reproducible; they differ from a sequential sum by rounding
-    # (about 1e-16), far below the tie tolerance.
-    @numba.njit(nogil=True, boundscheck=False, fastmath=True)
-    def permuted_dots(centred, unit, perms, out):  # pragma: no cover - compiled
-        n_perms, k = perms.shape
-        for p in range(n_perms):
-            perm = perms[p]
-            total = 0.0
-            entry = 0
-            for i in range(k - 1):
-                row = centred[perm[i]]
-                width = k - i - 1
-                partial = 0.0
-                for t in range(width):
-                    partial += row[perm[i + 1 + t]] * unit[entry + t]
-                total += partial
-                entry += width
-            out[p] = total
-
-    return permuted_dots
-
-
-def _kendall_null(a: np.ndarray, b_vector: np.ndarray, rows: np.ndarray,
-                  columns: np.ndarray) -> _NullModel:
-    """Kendall tau-a of permuted ``a`` with ``b``.
-
-    Small RDMs: the sign of every pair of permuted entries times the fixed signs
-    of ``b``'s pairs, summed by a matrix-vector product (integers, so exact).
-    Larger ones: :func:`kendall_tau_a` per permutation, O(m log m). tau-a values
-    are integers over a common denominator, so ties are exact (no tolerance).
-    """
-    m = b_vector.size
-    n_pairs = m * (m - 1) // 2
-    if n_pairs > _MAX_SIGN_PAIRS:
-        return _NullModel(lambda perms: np.array([kendall_tau_a(entries, b_vector) for entries
-                                                  in _permuted_upper(a, perms, rows, columns)]),
-                          batch_size=max(1, _BATCH_ELEMENTS // m), tolerance=0.0)
-    first, second = _triu(m)
-    b_signs = np.sign(b_vector[first] - b_vector[second])
-
-    def statistics(perms: np.ndarray) -> np.ndarray:
-        permuted = _permuted_upper(a, perms, rows, columns)
-        return np.sign(permuted[:, first] - permuted[:, second]) @ b_signs / n_pairs
-
-    return _NullModel(statistics, batch_size=max(1, _BATCH_ELEMENTS // n_pairs), tolerance=0.0)
 
 
 # --------------------------------------------------------------------------- tables
 
 
-@_fill_doc
+@fill_doc
 def compare_rdms_table(rdms: Mapping[str, pd.DataFrame], methods: Sequence[str] = ("spearman",),
                        n_permutations: int = 10000, alternative: str = "greater",
                        exact: bool | None = None, random_state: Any = None, n_jobs: int = 1,
@@ -1295,7 +901,7 @@ def compare_rdms_table(rdms: Mapping[str, pd.DataFrame], methods: Sequence[str] 
         raise UsageError("no comparison method given", path="methods",
                          fix=f"use some of {', '.join(METHODS)}")
     for method in methods:
-        _check_choice(method, METHODS, "methods")
+        check_choice(method, "methods", METHODS)
     rows = []
     if len(rdms) >= 2:
         checked = {name: check_rdm(rdm, name=name) for name, rdm in rdms.items()}
@@ -1307,7 +913,7 @@ def compare_rdms_table(rdms: Mapping[str, pd.DataFrame], methods: Sequence[str] 
             _, values = _align({name: checked[name].loc[shared, shared]
                                 for name in (name_a, name_b)})
             for method in methods:
-                result = _mantel(values[name_a], values[name_b], method, n_permutations,
+                result = mantel(values[name_a], values[name_b], method, n_permutations,
                                  alternative, exact, rng, n_jobs, names=(name_a, name_b))
                 rows.append((name_a, name_b, method, result.statistic, result.p_value,
                              result.n_permutations, result.exact))
@@ -1336,11 +942,100 @@ def shared_class_names(rdms: Mapping[str, pd.DataFrame], name_a: str, name_b: st
     return [c for c in order if c in held_a and c in held_b]
 
 
-# --------------------------------------------------------------------------- checks
+# --------------------------------------------------------------------------- model RDMs
+
+#: Distances a model RDM can use: its folds' held-out samples come from one run (or
+#: block), so the distances cross-validated across runs fall back to correlation.
+MODEL_RDM_DISTANCES = ("correlation", "euclidean")
+
+#: Samples a network embeds per forward pass when a model RDM is built.
+_EMBED_BATCH = 32
 
 
-def _check_choice(value: str, choices: Mapping[str, str] | Sequence[str], parameter: str
-                  ) -> None:
-    if value not in choices:
-        raise UsageError(f"{value!r} is not a known value", path=parameter,
-                         fix=f"use one of {', '.join(choices)}")
+def penultimate_features(network: Any, volumes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A CNN's penultimate features of ``volumes[rows]``, a batch at a time.
+
+    ``network`` is a :class:`~bids_affect.models.cnn3d.VolumeClassifier` in eval mode.
+    """
+    import torch
+
+    batches = []
+    with torch.no_grad():
+        for start in range(0, len(rows), _EMBED_BATCH):
+            batch = torch.from_numpy(np.asarray(volumes[rows[start:start + _EMBED_BATCH]]))
+            batches.append(network.embed(batch[:, None]).numpy())
+    return np.concatenate(batches)
+
+
+def model_rdm(model: str, networks: Sequence[Any], volumes: np.ndarray,
+              predictions: pd.DataFrame, classes: Sequence[str], distance: str
+              ) -> tuple[str, pd.DataFrame, dict[str, Any]]:
+    """A CNN decoder's model RDM, its name and what its sidecar says.
+
+    Each fold's network embeds the samples that fold held out (penultimate
+    features); one RDM per fold in that network's own feature space, averaged
+    over folds (:func:`fold_averaged_rdm`).
+
+    Parameters
+    ----------
+    model : str
+        The decoder's name.
+    networks : sequence
+        Each fold's network, in fold order.
+    volumes : ndarray
+        Every sample volume (``predictions["sample"]`` indexes it).
+    predictions : pandas.DataFrame
+        Test-fold predictions with columns ``sample``, ``fold`` (from 1) and ``true``.
+    classes : sequence of str
+        Classes of the data (the RDM holds those the decoder saw).
+    distance : str
+        Requested distance; a cross-validated one falls back to correlation.
+    """
+    features, labels = [], []
+    for fold, rows in predictions.groupby("fold", sort=True):
+        features.append(penultimate_features(networks[int(fold) - 1], volumes,
+                                             rows["sample"].to_numpy()))
+        labels.append(rows["true"].astype(str).to_numpy())
+    decoded = set(predictions["true"].astype(str))
+    used = distance if distance in MODEL_RDM_DISTANCES else "correlation"
+    rdm, n_folds = fold_averaged_rdm(features, labels, [c for c in classes if c in decoded],
+                                     distance=used)
+    details = {
+        "Description": f"RDM of the {MODEL_RDM_LAYER} features of {model}: per "
+                       "cross-validation fold, the fold's network on the samples it held "
+                       "out (one feature space per network), averaged over folds",
+        "Distance": used, "Model": model,
+        "FoldsPerPair": {"classes": list(n_folds.index),
+                         "counts": n_folds.to_numpy().tolist()}}
+    if used != distance:
+        details["DistanceNote"] = (f"{distance} is cross-validated across runs, and a fold's "
+                                   "held-out samples come from one run or block: this RDM "
+                                   f"uses {used}")
+    return model_rdm_name(model), rdm, details
+
+
+def reference_rdms(references: Mapping[str, str | os.PathLike], classes: Sequence[str]
+                   ) -> dict[str, tuple[pd.DataFrame, dict[str, Any]]]:
+    """Reference RDMs by output name, with what their sidecars say.
+
+    A reference with other classes than the data's is compared on the shared
+    ones (a warning says which); fewer than 3 shared classes is an error.
+    """
+    found = {}
+    for name, path in references.items():
+        rdm = read_rdm(path)
+        shared = [c for c in rdm.index if c in classes]
+        if len(shared) < 3:
+            raise InputDataError(
+                f"reference RDM {name!r} shares {len(shared)} classes with the data "
+                f"({', '.join(shared) or 'none'}); comparing RDMs needs 3 or more",
+                path=path, fix=f"give an RDM of the data's classes ({', '.join(classes)})")
+        if len(shared) < len(rdm.index) or len(shared) < len(classes):
+            LOGGER.warning("Reference RDM %r (%s) holds classes %s and the data %s; "
+                           "comparisons with it use the %d shared classes: %s.", name, path,
+                           ", ".join(rdm.index), ", ".join(classes), len(shared),
+                           ", ".join(shared))
+        found[desc_label(name)] = (rdm, {
+            "Description": f"Reference RDM {name!r}, as given", "Distance": "as given",
+            "Reference": Path(path).name, "SharedClasses": shared})
+    return found

@@ -299,7 +299,8 @@ def test_scikit_learn_estimator_checks(estimator, check):
 
 @pytest.mark.parametrize("model", ["ridge", "svm", "logreg", "ridge-pca", "svm-anova"])
 def test_every_linear_decoder_has_predict_proba_consistent_with_decode(rng, model):
-    from bids_affect.decoding import _scores, softmax_of_decision
+    from bids_affect.decoding.estimators import softmax_of_decision
+    from bids_affect.decoding.fit import _scores
 
     X = rng.normal(size=(60, 20))
     y = np.repeat([0, 1, 2], 20)
@@ -335,7 +336,7 @@ def test_missing_classes_are_named_in_the_fold_records(rng):
 
 
 def test_coarse_p_resolution_and_costly_refits_are_announced(rng, caplog, monkeypatch):
-    import bids_affect.decoding as decoding
+    from bids_affect.decoding import null
 
     labels, runs = scene_labels(3, 40, CLASSES[:3], rng)
     X = planted(labels, CLASSES[:3], rng, p=30)
@@ -343,7 +344,7 @@ def test_coarse_p_resolution_and_costly_refits_are_announced(rng, caplog, monkey
     assert "p-values no finer" not in caplog.text and "refits" not in caplog.text
     decode(X, labels, runs, model="ridge", n_permutations=20, audit=False)
     assert "20 permutations give p-values no finer than 1/21 = 0.048" in caplog.text
-    monkeypatch.setattr(decoding, "REFIT_NULL_WARNING_S", 0.0)
+    monkeypatch.setattr(null, "REFIT_NULL_WARNING_S", 0.0)
     caplog.clear()
     decode(X, labels, runs, model="logreg", n_permutations=2, n_jobs=2, audit=False)
     warning = [r for r in caplog.records if "refits all 3 folds" in r.getMessage()]

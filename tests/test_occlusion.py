@@ -29,11 +29,10 @@ from bids_affect.occlusion import (
     plot_umap_embeddings,
     select_samples,
     top_voxels,
-    topk_region_enrichment,
-    topk_region_shares,
     umap_embeddings,
     window_grid,
 )
+from bids_affect.stats.enrichment import topk_region_enrichment, topk_region_shares
 
 SHAPE = (10, 12, 9)
 TOLERANCE = 1e-5

@@ -365,34 +365,6 @@ def test_monte_carlo_agrees_with_scikit_bio(rng, method, alternative):
     assert 0.01 < p_value < 0.5
 
 
-def test_compiled_kernel_agrees_with_scikit_bio(rng, monkeypatch):
-    pytest.importorskip("numba")
-    from skbio.stats.distance import mantel
-
-    monkeypatch.setattr(rsa, "_LARGE_WORK", 0)  # the path of 1,000-class tests
-    a, b = _random_rdm(rng, 40), _random_rdm(rng, 40)
-    b = _rdm(b.to_numpy() + 0.3 * a.to_numpy())
-    for method in ("pearson", "spearman"):
-        ours = rsa.mantel_test(a, b, method=method, n_permutations=2000, random_state=5,
-                               n_jobs=2)
-        statistic, p_value, _ = mantel(a.to_numpy(), b.to_numpy(), method=method,
-                                       permutations=2000, alternative="greater", seed=5)
-        assert ours.statistic == pytest.approx(statistic, abs=1e-10)
-        assert ours.p_value == p_value
-
-
-def test_null_kernels_agree(rng, monkeypatch):
-    a, b = _random_rdm(rng, 9).to_numpy(), _rdm(squareform(rng.integers(0, 4, 36))).to_numpy()
-    perms = np.array([rng.permutation(9) for _ in range(50)])
-    vectors = rsa._upper(a), rsa._upper(b)
-    for method in ("pearson", "kendall_tau_a"):
-        small = rsa._null_model(a, *vectors, method, work=0, n_jobs=1).statistics(perms)
-        monkeypatch.setattr(rsa, "_MAX_SIGN_PAIRS", 0)
-        large = rsa._null_model(a, *vectors, method, work=10**12, n_jobs=2).statistics(perms)
-        np.testing.assert_allclose(small, large, rtol=0, atol=1e-13)
-        monkeypatch.undo()
-
-
 def test_monte_carlo_is_reproducible(rng):
     a, b = _random_rdm(rng, 10), _random_rdm(rng, 10)
     first = rsa.mantel_test(a, b, n_permutations=99, random_state=3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -49,7 +50,29 @@ def _setup_logging(verbose: int, debug: bool) -> None:
 
 
 def _error_line(err: BaseException) -> str:
-    return f"bids_affect: error: {' '.join(str(err).split())}"
+    return f"bids_affect: error: {' '.join(_with_flags(str(err)).split())}"
+
+
+_PARAMETER_PREFIX = re.compile(r"^(\w+): ")
+
+
+def _with_flags(message: str) -> str:
+    """A library message that starts with a parameter name, told with its flag instead.
+
+    Library errors name parameters (``n_splits: must be ...``); users set
+    flags (``--cv-folds``). The table comes from the options' declarations
+    (:func:`bids_affect.config.parameter_flags`).
+    """
+    match = _PARAMETER_PREFIX.match(message)
+    if match is None:
+        return message
+    try:
+        from bids_affect.config import parameter_flags
+
+        flag = parameter_flags().get(match.group(1))
+    except Exception:  # the registry itself failed to load: keep the message as it is
+        return message
+    return message if flag is None else f"{flag}: {message[match.end():]}"
 
 
 def _report(err: BaseException, debug: bool) -> int:

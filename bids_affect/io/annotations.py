@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bids_affect._docs import doc_filler
+from bids_affect._utils.docs import fill_doc
 from bids_affect.exceptions import InputDataError, InputMissingError, UsageError
 
 logger = logging.getLogger("bids_affect.annotations")
@@ -76,28 +76,6 @@ _PRESET_FOLDER = "labels"
 _SCHEMA_FILE = "schema.json"
 _SCHEMA_HINT = "see docs/labels.md and bids_affect/data/labels/schema.json"
 
-# Parameters shared by several functions, documented once (nilearn's docdict).
-_DOCS = {
-    "events": """events : pandas.DataFrame
-        One run's events (see :func:`read_events`): ``onset`` and ``duration`` in
-        seconds from the start of the run, plus the columns the spec names.""",
-    "spec": """spec : LabelSpec
-        The label spec (see :func:`load_label_spec`).""",
-    "tr": """tr : float
-        Repetition time in seconds.""",
-    "n_volumes": """n_volumes : int
-        Number of volumes of the run.""",
-    "start_time": """start_time : float, default 0
-        ``StartTime`` of the BOLD sidecar: volume ``i`` is acquired at
-        ``i * tr + start_time``.""",
-    "path": """path : pathlib.Path, optional
-        The events file, named in messages.""",
-    "labels_by_run": """labels_by_run : mapping of str to numpy.ndarray
-        One subject's labels per run (object arrays of class names or ``None``),
-        keyed by a run name such as ``"run-1"``.""",
-}
-
-_fill_doc = doc_filler(_DOCS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -482,7 +460,7 @@ def _lines(mask: pd.Series | np.ndarray, limit: int = 10) -> str:
     return ", ".join(lines[:limit]) + more
 
 
-@_fill_doc
+@fill_doc
 def check_events(spec: LabelSpec, events: pd.DataFrame, path: Path | None = None) -> None:
     """Check that a run's events hold what the spec reads.
 
@@ -533,7 +511,7 @@ def check_events(spec: LabelSpec, events: pd.DataFrame, path: Path | None = None
 # ---------------------------------------------------------------------------------------
 
 
-@_fill_doc
+@fill_doc
 def score_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes: int,
                   start_time: float = 0.0, path: Path | None = None) -> pd.DataFrame:
     """Each class's score per volume, read at ``t_i - hrf_lag`` (the step before labels).
@@ -545,12 +523,7 @@ def score_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes
 
     Parameters
     ----------
-    %(events)s
-    %(spec)s
-    %(tr)s
-    %(n_volumes)s
-    %(start_time)s
-    %(path)s
+    %(run_events)s
 
     Returns
     -------
@@ -691,7 +664,7 @@ def labels_from_scores(scores: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
     return labels
 
 
-@_fill_doc
+@fill_doc
 def label_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes: int,
                   start_time: float = 0.0, path: Path | None = None) -> np.ndarray:
     """The label of every volume of one run, by the rule in the module docstring.
@@ -703,12 +676,7 @@ def label_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes
 
     Parameters
     ----------
-    %(events)s
-    %(spec)s
-    %(tr)s
-    %(n_volumes)s
-    %(start_time)s
-    %(path)s
+    %(run_events)s
 
     Returns
     -------
@@ -734,7 +702,7 @@ def label_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes
 # ---------------------------------------------------------------------------------------
 
 
-@_fill_doc
+@fill_doc
 def labels_table(labels: np.ndarray, *, tr: float, start_time: float = 0.0) -> pd.DataFrame:
     """One run's labels as an events table, one row per volume (``desc-labels_events.tsv``).
 
@@ -766,7 +734,7 @@ def labels_table(labels: np.ndarray, *, tr: float, start_time: float = 0.0) -> p
                          "volume": volumes})
 
 
-@_fill_doc
+@fill_doc
 def count_labels(labels_by_run: Mapping[str, np.ndarray],
                  classes: Sequence[str]) -> pd.DataFrame:
     """Labelled volumes per class and run, with a ``total`` row (one subject).
@@ -852,7 +820,7 @@ def drop_rare_classes(labels: np.ndarray, min_volumes: int,
     return kept, dropped
 
 
-@_fill_doc
+@fill_doc
 def check_labelled(labels_by_run: Mapping[str, np.ndarray], spec: LabelSpec,
                    scores_by_run: Mapping[str, pd.DataFrame] | None = None, *,
                    where: str | None = None) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +48,17 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from bids_affect.__about__ import __version__
+from bids_affect._utils.docs import fill_doc
 from bids_affect.exceptions import InputDataError, UsageError
 from bids_affect.io.derivatives import write_torch
 from bids_affect.models.cnn3d import VolumeClassifier, create_architecture, with_all_classes
+from bids_affect.models.runtime import resolve_device, reuse_freed_memory, torch_threads
 from bids_affect.models.training import (
     TrainingOptions,
     VolumeBatches,
     blocked_validation_split,
-    fill_doc,
     fit_network,
     forward_batches,
-    resolve_device,
-    reuse_freed_memory,
-    torch_threads,
 )
 
 MODEL_FORMAT = "bids_affect.CNN3DClassifier"
@@ -444,19 +442,7 @@ class CNN3DClassifier(ClassifierMixin, BaseEstimator):
         ...
         bids_affect.exceptions.InputDataError: missing.pt: no such model file
         """
-        path = Path(path)
-        if not path.is_file():
-            raise InputDataError("no such model file", path=path)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise InputDataError(f"cannot read the model file ({type(err).__name__})",
-                                 path=path) from err
-        if not (isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT):
-            raise InputDataError("not a CNN3DClassifier model file", path=path)
-        if payload.get("version") != MODEL_VERSION:
-            raise InputDataError(f"model file version {payload.get('version')} is not "
-                                 f"supported (expected {MODEL_VERSION})", path=path)
+        payload = load_network_payload(path)
         params = dict(payload["params"])
         if device is not None:
             params["device"] = device
@@ -478,3 +464,62 @@ class CNN3DClassifier(ClassifierMixin, BaseEstimator):
         estimator.random_seed_ = payload["random_seed"]
         estimator.compiled_ = bool(payload["compiled"])
         return estimator
+
+
+def load_network_payload(path: str | os.PathLike) -> dict[str, Any]:
+    """The content of a file written by :meth:`CNN3DClassifier.save`, checked.
+
+    Read with ``weights_only=True``: a model file cannot run code when loaded.
+
+    Examples
+    --------
+    >>> load_network_payload("missing.pt")
+    Traceback (most recent call last):
+    ...
+    bids_affect.exceptions.InputDataError: missing.pt: no such model file
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError("no such model file", path=path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputDataError(f"cannot read the model file ({type(err).__name__})",
+                             path=path) from err
+    if not (isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT):
+        raise InputDataError("not a CNN3DClassifier model file", path=path)
+    if payload.get("version") != MODEL_VERSION:
+        raise InputDataError(f"model file version {payload.get('version')} is not "
+                             f"supported (expected {MODEL_VERSION})", path=path)
+    return payload
+
+
+def without_timing(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record less its wall-clock seconds (outputs must not vary between equal runs).
+
+    Examples
+    --------
+    >>> without_timing({"epoch": 1, "seconds": 2.5})
+    {'epoch': 1}
+    """
+    return {key: value for key, value in record.items() if key != "seconds"}
+
+
+def publishable_network(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved CNN less what differs between equal runs: work-dir paths and timings."""
+    return {**payload, "params": {**payload["params"], "checkpoint_path": None},
+            "history": [without_timing(epoch) for epoch in payload["history"]]}
+
+
+def load_fold_networks(paths: Sequence[str | os.PathLike], n_classes: int) -> list:
+    """Each fold's trained CNN (eval mode), with outputs for all ``n_classes`` classes.
+
+    A fold whose training samples lacked a class has no output for it;
+    :func:`~bids_affect.models.cnn3d.with_all_classes` gives it one (probability 0).
+    """
+    networks = []
+    for path in paths:
+        estimator = CNN3DClassifier.load(path)
+        networks.append(with_all_classes(estimator.network_, estimator.classes_,
+                                         n_classes).eval())
+    return networks

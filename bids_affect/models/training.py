@@ -60,15 +60,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-import platform
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -80,16 +77,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from bids_affect._docs import doc_filler
+from bids_affect._utils.docs import fill_doc
+from bids_affect._utils.validation import check_choice, check_int, check_number
 from bids_affect.exceptions import InputDataError, UsageError
 from bids_affect.io.derivatives import write_torch
 from bids_affect.models.cnn3d import create_architecture, list_architectures
+from bids_affect.models.runtime import (
+    DEVICES,
+    is_compile_error,
+    prepare_model,
+    resolve_device,
+    reuse_freed_memory,
+    torch_threads,
+)
 from bids_affect.progress import Progress
 
 LOGGER = logging.getLogger(__name__)
 
-#: Values of the ``device`` option.
-DEVICES = ("auto", "cpu", "cuda")
 #: Values of the ``precision`` option: float32, or bfloat16 autocast.
 PRECISIONS = ("fp32", "bf16")
 #: Values of the ``compile`` option besides True and False.
@@ -100,63 +104,6 @@ COMPILE_AUTO_MIN_VOXEL_PASSES = 2e8
 
 CHECKPOINT_FORMAT = "bids_affect.cnn_checkpoint"
 CHECKPOINT_VERSION = 1
-
-# Shared parameter descriptions, pasted into docstrings (nilearn's docdict).
-DOCS = {
-    "training_options": """architecture : str
-        Name of a registered architecture
-        (:func:`bids_affect.models.cnn3d.list_architectures`).
-    epochs : int
-        Maximum number of passes over the training samples (default 30).
-    batch_size : int
-        Samples per mini-batch (default 16, as seed 003).
-    learning_rate : float
-        AdamW's initial learning rate (default 1e-3), decayed to 0 over
-        ``epochs`` by a cosine schedule.
-    weight_decay : float
-        AdamW's decoupled weight decay (default 1e-4).
-    class_weight : "balanced", None, or weights
-        Loss weight of each class: ``"balanced"`` (default) weighs class *k* by
-        ``n_train / (n_classes * n_train_k)``; None weighs all equally; or a
-        mapping class label -> weight (the estimator; unlisted classes weigh 1)
-        or one weight per class code (:class:`TrainingOptions`). The
-        validation loss is weighted alike.
-    patience : int or None
-        Stop when the validation loss has not improved for this many epochs
-        (default 5), then keep the weights of the best epoch; None trains all
-        epochs (the best weights are still kept when there is a validation set).
-    device : {"auto", "cpu", "cuda"}
-        Where to train: "auto" (default) takes a CUDA GPU when there is one.
-    precision : {"fp32", "bf16"}
-        "fp32" (default), or bfloat16 autocast: faster on GPUs and on CPUs with
-        bf16 instructions (AVX512-BF16, AMX), 2.7x slower on CPUs without.
-    channels_last : bool
-        Train in the ``channels_last_3d`` memory format (default False: no
-        faster for ``neuro120fp`` on CPU, whose 3D depthwise convolutions
-        train slowly in that layout).
-    compile : "auto" or bool
-        Train through ``torch.compile``: 1.1-1.2x faster on CPU, with less
-        peak memory, after about 35 s of compilation per batch size (80x80x35,
-        2 cores); results equal up to rounding. "auto" (default) compiles when
-        epochs x training samples x voxels reaches
-        ``COMPILE_AUTO_MIN_VOXEL_PASSES`` (about 5 minutes of training). Falls
-        back to eager training, with a warning, when compilation fails (e.g.
-        no C++ compiler).
-    reuse_memory : bool
-        Keep freed CPU memory in the process while training (default True; see
-        :func:`reuse_freed_memory`): 2.1-2.5x faster on CPU, same results bit
-        for bit, at the price of a higher peak of resident memory (11 GB
-        instead of 6.5 for batches of 16 volumes of 80x80x35; 7 GB when
-        compiled).
-    num_threads : int or None
-        Threads of torch's CPU operations while fitting (restored afterwards);
-        None (default) keeps torch's setting (``OMP_NUM_THREADS``).""",
-}
-
-
-#: Decorator pasting the shared parameter descriptions of :data:`DOCS`.
-fill_doc = doc_filler(DOCS)
-
 
 # --------------------------------------------------------------------------- options
 
@@ -195,24 +142,24 @@ class TrainingOptions:
         if self.architecture not in list_architectures():
             raise UsageError(f"unknown architecture {self.architecture!r}", path="architecture",
                              fix=f"use one of {', '.join(list_architectures())}")
-        _check_int(self.epochs, "epochs", minimum=1)
-        _check_int(self.batch_size, "batch_size", minimum=1)
-        _check_number(self.learning_rate, "learning_rate", positive=True)
-        _check_number(self.weight_decay, "weight_decay", positive=False)
+        check_int(self.epochs, "epochs", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_number(self.learning_rate, "learning_rate", positive=True)
+        check_number(self.weight_decay, "weight_decay", minimum=0)
         if not (self.class_weight in ("balanced", None) or _is_weight_sequence(self.class_weight)):
             raise UsageError(f"must be 'balanced', None or one positive weight per class, "
                              f"got {self.class_weight!r}", path="class_weight")
         if self.patience is not None:
-            _check_int(self.patience, "patience", minimum=1)
-        _check_choice(self.device, "device", DEVICES)
-        _check_choice(self.precision, "precision", PRECISIONS)
-        _check_choice(self.compile, "compile", COMPILE_CHOICES)
+            check_int(self.patience, "patience", minimum=1)
+        check_choice(self.device, "device", DEVICES)
+        check_choice(self.precision, "precision", PRECISIONS)
+        check_choice(self.compile, "compile", COMPILE_CHOICES)
         for name in ("channels_last", "reuse_memory"):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise UsageError(f"must be True or False, got {getattr(self, name)!r}",
                                  path=name)
         if self.num_threads is not None:
-            _check_int(self.num_threads, "num_threads", minimum=1)
+            check_int(self.num_threads, "num_threads", minimum=1)
         return self
 
     def use_compile(self, n_train: int, input_shape: Sequence[int]) -> bool:
@@ -236,181 +183,11 @@ class TrainingOptions:
         return torch.bfloat16 if self.precision == "bf16" else None
 
 
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise UsageError(f"must be an integer >= {minimum}, got {value!r}", path=name)
-
-
-def _check_number(value: Any, name: str, positive: bool) -> None:
-    ok = (isinstance(value, int | float | np.integer | np.floating)
-          and not isinstance(value, bool) and math.isfinite(value)
-          and (value > 0 if positive else value >= 0))
-    if not ok:
-        raise UsageError(f"must be a finite number {'> 0' if positive else '>= 0'}, "
-                         f"got {value!r}", path=name)
-
-
-def _check_choice(value: Any, name: str, choices: Sequence[Any]) -> None:
-    if not any(value is choice or (isinstance(value, str) and value == choice)
-               for choice in choices):
-        raise UsageError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}",
-                         path=name)
-
-
 def _is_weight_sequence(value: Any) -> bool:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
         return False
     weights = np.asarray(value, dtype=float)
     return weights.ndim == 1 and bool(np.all(np.isfinite(weights) & (weights > 0)))
-
-
-# --------------------------------------------------------------------------- runtime
-
-
-def resolve_device(device: str) -> torch.device:
-    """The torch device of the ``device`` option.
-
-    Parameters
-    ----------
-    device : {"auto", "cpu", "cuda"}
-        "auto" takes the first CUDA GPU when torch sees one, else the CPU.
-
-    Raises
-    ------
-    UsageError
-        (exit 64) for "cuda" without a usable GPU, or any other value.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    _check_choice(device, "device", DEVICES)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("'cuda' was asked for, but torch sees no CUDA GPU on this machine",
-                         path="device", fix="use 'auto' or 'cpu', or install a CUDA build "
-                                            "of torch on a machine with a GPU")
-    return torch.device(device)
-
-
-@contextlib.contextmanager
-def torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Run the block with ``num_threads`` CPU threads in torch, then restore the setting.
-
-    Examples
-    --------
-    >>> before = torch.get_num_threads()
-    >>> with torch_threads(1):
-    ...     torch.get_num_threads()
-    1
-    >>> torch.get_num_threads() == before
-    True
-    """
-    if num_threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-# glibc's mallopt parameters (malloc.h) and defaults.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_MALLOC_DEFAULTS = {_M_TRIM_THRESHOLD: ("MALLOC_TRIM_THRESHOLD_", 128 * 1024),
-                    _M_MMAP_MAX: ("MALLOC_MMAP_MAX_", 65536)}
-_MEMORY_LOCK = threading.Lock()
-_memory_users = 0
-
-
-def _glibc() -> ctypes.CDLL | None:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
-    """Keep freed memory in the process while the block runs (Linux with glibc).
-
-    glibc serves blocks of more than 32 MB from ``mmap`` and unmaps them when
-    they are freed, and it returns the top of its heap to the kernel; a CNN
-    step allocates activations of hundreds of MB each, so every step
-    page-faults gigabytes in again (half of the CPU time on 80x80x35 volumes).
-    Inside the block, large blocks come from the heap and the heap is never
-    trimmed; on exit the defaults are restored (or ``MALLOC_MMAP_MAX_`` and
-    ``MALLOC_TRIM_THRESHOLD_`` when set) and free memory is returned to the
-    kernel. Results do not change. Nested and concurrent uses are counted: the
-    last one out restores. Elsewhere (other C libraries) it does nothing.
-
-    Yields
-    ------
-    bool
-        Whether the setting is in effect.
-
-    Examples
-    --------
-    >>> with reuse_freed_memory() as active:
-    ...     _ = torch.ones(1000).sum()
-    """
-    global _memory_users
-    libc = _glibc() if enabled else None
-    if libc is None:
-        yield False
-        return
-    with _MEMORY_LOCK:
-        _memory_users += 1
-        if _memory_users == 1:
-            libc.mallopt(_M_MMAP_MAX, 0)
-            libc.mallopt(_M_TRIM_THRESHOLD, -1)  # -1 becomes SIZE_MAX: never trim
-    try:
-        yield True
-    finally:
-        with _MEMORY_LOCK:
-            _memory_users -= 1
-            if _memory_users == 0:
-                for parameter, (variable, default) in _MALLOC_DEFAULTS.items():
-                    value = os.environ.get(variable, "")
-                    libc.mallopt(parameter, int(value) if value.isdigit() else default)
-                libc.malloc_trim(0)
-
-
-def prepare_model(model: nn.Module, device: torch.device, *, channels_last: bool = False,
-                  compile: bool = False) -> nn.Module:
-    """Move ``model`` to ``device`` (and memory format); return the module to train with.
-
-    With ``compile`` the returned module is ``torch.compile(model)``, which
-    shares ``model``'s parameters; evaluate and save ``model`` itself.
-
-    Examples
-    --------
-    >>> net = nn.Linear(3, 2)
-    >>> prepare_model(net, torch.device("cpu")) is net
-    True
-    """
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last_3d)
-    if compile:
-        # fallback_random: dropout draws from torch's generator, as in eager mode,
-        # so the checkpointed generator state covers it (and the masks are eager's).
-        # dynamic=False: one static graph per batch size (the full batches and
-        # the last, smaller one), instead of a slower dynamic graph for both.
-        return torch.compile(model, dynamic=False, options={"fallback_random": True})
-    return model
-
-
-def _is_compile_error(error: BaseException) -> bool:
-    return type(error).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
 # --------------------------------------------------------------------------- batches
@@ -683,7 +460,7 @@ def blocked_validation_split(n_samples: int, groups: Sequence[Any] | np.ndarray 
             and not isinstance(validation_fraction, bool) and 0 <= validation_fraction < 1):
         raise UsageError(f"must be a number in [0, 1), got {validation_fraction!r}",
                          path="validation_fraction")
-    _check_int(validation_gap, "validation_gap", minimum=0)
+    check_int(validation_gap, "validation_gap", minimum=0)
     n_samples = int(n_samples)
     if groups is None:
         codes = np.zeros(n_samples, dtype=np.intp)
@@ -953,6 +730,32 @@ class _Run:
     def finished(self, epochs: int) -> bool:
         return self.epoch >= epochs or self.stopper.stopped
 
+    def train_epoch(self, step_model: nn.Module, train_batches: VolumeBatches,
+                    val_batches: VolumeBatches, loss_fn: nn.Module, options: TrainingOptions,
+                    verified: bool) -> tuple[dict[str, float], nn.Module]:
+        """Train one epoch, step the schedule, validate and early-stop; its history record.
+
+        Returns the record and the module to train the next epoch with (the
+        eager model when compiling failed).
+        """
+        started = time.monotonic()
+        learning_rate = float(self.optimizer.param_groups[0]["lr"])
+        train_loss, step_model = _train_epoch(self, step_model, train_batches, loss_fn,
+                                              options, verified)
+        self.scheduler.step()
+        record = {"epoch": self.epoch + 1, "train_loss": train_loss,
+                  "learning_rate": learning_rate}
+        if len(val_batches.indices):
+            evaluation = evaluate(self.model, val_batches, self.device, loss_fn,
+                                  autocast_dtype=options.autocast_dtype)
+            record.update(val_loss=evaluation.loss,
+                          val_balanced_accuracy=evaluation.balanced_accuracy)
+            self.stopper.update(evaluation.loss, self.model, self.epoch + 1)
+        record["seconds"] = time.monotonic() - started
+        self.history.append(record)
+        self.epoch += 1
+        return record, step_model
+
 
 def _train_epoch(run: _Run, step_model: nn.Module, batches: VolumeBatches, loss_fn: nn.Module,
                  options: TrainingOptions, verified: bool) -> tuple[float, nn.Module]:
@@ -965,7 +768,7 @@ def _train_epoch(run: _Run, step_model: nn.Module, batches: VolumeBatches, loss_
         return train_one_epoch(step_model, batches, loss_fn, run.optimizer, run.device,
                                autocast_dtype=options.autocast_dtype), step_model
     except Exception as err:
-        if not _is_compile_error(err):
+        if not is_compile_error(err):
             raise
         warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
                       f"training without compiling (pass compile=False to skip the attempt)",
@@ -1059,30 +862,16 @@ def fit_network(X: np.ndarray, y: np.ndarray, train_indices: np.ndarray,
         with Progress(options.epochs, desc="CNN epochs") as progress:
             progress.update(run.epoch)
             while not run.finished(options.epochs):
-                started = time.monotonic()
-                learning_rate = float(run.optimizer.param_groups[0]["lr"])
-                train_loss, step_model = _train_epoch(run, step_model, train_batches, loss_fn,
-                                                      options, verified)
+                record, step_model = run.train_epoch(step_model, train_batches, val_batches,
+                                                     loss_fn, options, verified)
                 verified = True
-                run.scheduler.step()
-                record = {"epoch": run.epoch + 1, "train_loss": train_loss,
-                          "learning_rate": learning_rate}
-                if len(val_indices):
-                    evaluation = evaluate(run.model, val_batches, device, loss_fn,
-                                          autocast_dtype=options.autocast_dtype)
-                    record.update(val_loss=evaluation.loss,
-                                  val_balanced_accuracy=evaluation.balanced_accuracy)
-                    run.stopper.update(evaluation.loss, run.model, run.epoch + 1)
-                record["seconds"] = time.monotonic() - started
-                run.history.append(record)
-                run.epoch += 1
                 if checkpoint_path is not None:
                     _save_checkpoint(checkpoint_path, run.checkpoint(
                         fingerprint=fingerprint, seed=seed, architecture=options.architecture,
                         n_classes=int(n_classes), input_shape=input_shape,
                         finished=run.finished(options.epochs)))
-                progress.update(1, loss=train_loss, **(
-                    {"val_loss": record["val_loss"]} if len(val_indices) else {}))
+                progress.update(1, loss=record["train_loss"], **(
+                    {"val_loss": record["val_loss"]} if "val_loss" in record else {}))
                 if on_epoch_end is not None:
                     on_epoch_end(run.epoch, record)
         if run.stopper.best_state is not None:

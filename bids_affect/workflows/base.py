@@ -18,7 +18,7 @@ from typing import Any
 from nipype.pipeline import engine as pe
 
 from bids_affect.__about__ import __version__
-from bids_affect.config import Config, derive_seed
+from bids_affect.config import Config
 from bids_affect.exceptions import (
     BidsAffectError,
     InputMissingError,
@@ -65,17 +65,18 @@ def plan_participants(runs: Sequence[RunRecord]) -> dict[tuple[str, str], list[R
 
 def methods_boilerplate(config: Config) -> str:
     """A short methods paragraph describing this run's settings."""
-    an, lab, cl = config.analysis, config.labels, config.cleaning
-    high_pass = f"{cl.high_pass:.5f} Hz" if cl.high_pass else "no"
+    analysis, labels, cleaning = config.analysis, config.labels, config.cleaning
+    decoding = config.section("decoding")
+    high_pass = f"{cleaning.high_pass:.5f} Hz" if cleaning.high_pass else "no"
     return (
         f"Analyses were performed with bids_affect {__version__}. Each volume was labelled "
         f"with the emotion annotation active at its acquisition time minus a haemodynamic lag "
-        f"(label spec '{lab.labels}'); unlabelled or tied volumes were excluded. BOLD runs were "
-        f"masked, linearly detrended={cl.detrend}, high-pass filtered ({high_pass}), cleaned "
-        f"of confounds ('{cl.confounds}') and z-scored per run with nilearn. Decoders "
-        f"({', '.join(an.models)}) were evaluated with {an.cv} cross-validation "
-        f"(leave-one-run-out when several runs exist); significance was assessed with "
-        f"{an.n_permutations} permutations that circularly shift each run's label sequence, "
+        f"(label spec '{labels.labels}'); unlabelled or tied volumes were excluded. BOLD runs "
+        f"were masked, linearly detrended={cleaning.detrend}, high-pass filtered ({high_pass}), "
+        f"cleaned of confounds ('{cleaning.confounds}') and z-scored per run with nilearn. "
+        f"Decoders ({', '.join(analysis.models)}) were evaluated with {decoding.cv} "
+        f"cross-validation (leave-one-run-out when several runs exist); significance was assessed with "
+        f"{decoding.n_permutations} permutations that circularly shift each run's label sequence, "
         f"the chance level being the mean of that null distribution.")
 
 
@@ -115,40 +116,42 @@ def run_bids_app(config: Config) -> None:
     """
     from bids_affect.io.layout import check_bids_dir, find_fmriprep_derivatives
 
-    ex = config.execution
-    bids_dir = check_bids_dir(ex.bids_dir)
-    derivatives.check_writable_dir(ex.output_dir, "output directory", create=False)
+    execution = config.execution
+    bids_dir = check_bids_dir(execution.bids_dir)
+    derivatives.check_writable_dir(execution.output_dir, "output directory", create=False)
     # -d replaces the search of bids_dir/derivatives/ (pybids refuses two pipelines of
     # one name, e.g. the same fMRIPrep folder found and given).
-    derivative_dirs = dict(ex.derivatives) or find_fmriprep_derivatives(
-        bids_dir, exclude=[ex.output_dir])
+    derivative_dirs = dict(execution.derivatives) or find_fmriprep_derivatives(
+        bids_dir, exclude=[execution.output_dir])
     links = {"raw": bids_dir, **derivative_dirs}
-    check_output_location(ex.output_dir, links)
+    check_output_location(execution.output_dir, links)
     methods = methods_boilerplate(config)
-    if ex.boilerplate_only:
-        derivatives.init_derivatives(ex.output_dir, bids_dir, links, methods=methods)
-        LOGGER.info("Methods boilerplate written to %s", ex.output_dir / "logs" / "CITATION.md")
+    if execution.boilerplate_only:
+        derivatives.init_derivatives(execution.output_dir, bids_dir, links, methods=methods)
+        LOGGER.info("Methods boilerplate written to %s",
+                    execution.output_dir / "logs" / "CITATION.md")
         return
-    derivatives.check_writable_dir(ex.work_dir, "work directory")
-    if "participant" in ex.analysis_level:
+    derivatives.check_writable_dir(execution.work_dir, "work directory")
+    if "participant" in execution.analysis_level:
         wf, subjects = prepare_participant_level(config, derivative_dirs, links)
-        derivatives.init_derivatives(ex.output_dir, bids_dir, links, methods=methods)
+        derivatives.init_derivatives(execution.output_dir, bids_dir, links, methods=methods)
         for subject in subjects:
-            log = derivatives.log_dir(ex.output_dir, subject, ex.run_id)
+            log = derivatives.log_dir(execution.output_dir, subject, execution.run_id)
             derivatives.write_text(log / "bids_affect.toml", config.to_toml())
         run_workflow(wf, config)
-    if "group" in ex.analysis_level:
-        from bids_affect.steps import find_decoding_outputs
+    if "group" in execution.analysis_level:
+        from bids_affect.steps.group import find_decoding_outputs
 
-        find_decoding_outputs(ex.output_dir, ex.participant_label)  # 66 before any write
-        if "participant" not in ex.analysis_level:  # else the participant level just did
-            derivatives.init_derivatives(ex.output_dir, bids_dir, links, methods=methods)
-        derivatives.write_text(derivatives.log_dir(ex.output_dir, None, ex.run_id)
+        # 66 before any write
+        find_decoding_outputs(execution.output_dir, execution.participant_label)
+        if "participant" not in execution.analysis_level:  # else the participant level just did
+            derivatives.init_derivatives(execution.output_dir, bids_dir, links, methods=methods)
+        derivatives.write_text(derivatives.log_dir(execution.output_dir, None, execution.run_id)
                                / "bids_affect.toml", config.to_toml())
         run_workflow(init_group_wf_from_config(config, links), config)
-    if ex.clean_workdir:
-        clean_work_dir(ex.work_dir)
-    print(f"bids_affect: outputs in {ex.output_dir}")
+    if execution.clean_workdir:
+        clean_work_dir(execution.work_dir)
+    print(f"bids_affect: outputs in {execution.output_dir}")
 
 
 def clean_work_dir(work_dir: Path) -> None:
@@ -168,13 +171,13 @@ def prepare_participant_level(config: Config, derivative_dirs: dict[str, Path],
     from bids_affect.io.layout import collect_runs, load_layout, select_subjects
     from bids_affect.io.validation import check_dataset
 
-    ex = config.execution
-    layout = load_layout(ex.bids_dir, derivative_dirs, ex.bids_database_dir)
-    subjects = select_subjects(layout, ex.participant_label)
-    runs = collect_runs(layout, subjects, ex.session_label, ex.task_id, ex.bids_filters,
-                        ex.space)
-    if not ex.skip_bids_validation:
-        check_dataset(ex.bids_dir, subjects, ex.work_dir)
+    execution = config.execution
+    layout = load_layout(execution.bids_dir, derivative_dirs, execution.bids_database_dir)
+    subjects = select_subjects(layout, execution.participant_label)
+    runs = collect_runs(layout, subjects, execution.session_label, execution.task_id,
+                        execution.bids_filters, execution.space)
+    if not execution.skip_bids_validation:
+        check_dataset(execution.bids_dir, subjects, execution.work_dir)
     plans = plan_participants(runs)
     spec = load_label_spec(config.labels.labels, hrf_lag=config.labels.hrf_lag,
                            min_volumes=config.labels.min_volumes)
@@ -185,40 +188,36 @@ def prepare_participant_level(config: Config, derivative_dirs: dict[str, Path],
 def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRecord]],
                         label_spec: dict[str, Any], links: dict[str, Path]) -> pe.Workflow:
     """The participant-level workflow: one sub-workflow per subject and task."""
-    from bids_affect.workflows.participant import init_participant_wf
+    import dataclasses
 
-    an, master = config.analysis, int(config.seeds.master)
+    from bids_affect.workflows.participant import SharedSettings, init_participant_wf
+
+    analysis = config.analysis
     wf = pe.Workflow(name=workflow_name(), base_dir=str(config.execution.work_dir))
-    decoding = {"cv": an.cv, "n_splits": an.cv_folds, "gap": an.cv_gap,
-                "n_permutations": an.n_permutations, "n_permutations_cnn": an.n_permutations_cnn,
-                "epochs": an.epochs, "batch_size": an.batch_size, "device": an.device,
-                "num_threads": config.nipype.omp_nthreads}
-    occlusion = {"window": an.occlusion_window, "stride": an.occlusion_stride,
-                 "threshold": an.occlusion_threshold, "n_per_class": an.occlusion_samples,
-                 "precision": an.occlusion_precision, "top_k": an.top_k}
-    rsa = {"distance": an.rdm_distance, "methods": list(an.rsa_methods),
-           "n_permutations": an.rsa_permutations,
-           "references": {name: str(path) for name, path in an.rsa_reference.items()},
-           "roi_atlas": an.roi_atlas}
-    cleaning = {"detrend": config.cleaning.detrend, "high_pass": config.cleaning.high_pass,
-                "confounds": config.cleaning.confounds,
-                "standardize": config.cleaning.standardize,
-                "smoothing_fwhm": config.cleaning.smoothing_fwhm}
+    shared = SharedSettings(models=tuple(analysis.models), device=analysis.device,
+                            num_threads=config.nipype.omp_nthreads,
+                            roi_atlas=analysis.roi_atlas)
+    options = {name: section for name, section in config.sections().items()
+               if name in analysis_registry()}
     provenance = _provenance(config, links)
     # Processes a step may use for permutation refits; several steps run at once under
     # MultiProc, so this follows --omp-nthreads (default 1) rather than --nprocs.
     n_jobs = config.nipype.omp_nthreads or 1
     for (subject, task), runs in plans.items():
-        seeds = {model: derive_seed(master, subject, task, model) for model in an.models}
-        seeds.update(occlusion=derive_seed(master, subject, task, "occlusion"),
-                     rsa=derive_seed(master, subject, task, "rsa"))
         wf.add_nodes([init_participant_wf(
             subject=subject, task=task, runs=[run.to_dict() for run in runs],
             output_dir=config.execution.output_dir, label_spec=label_spec,
-            cleaning=cleaning, analyses=an.analyses, models=an.models, decoding=decoding,
-            occlusion=occlusion, rsa=rsa, seeds=seeds, provenance=provenance,
-            n_jobs=n_jobs)])
+            cleaning=dataclasses.asdict(config.cleaning), analyses=analysis.analyses,
+            options=options, shared=shared, master_seed=int(config.seeds.master),
+            provenance=provenance, n_jobs=n_jobs)])
     return wf
+
+
+def analysis_registry() -> dict[str, Any]:
+    """The registered analyses (:data:`bids_affect.analyses.ANALYSES`)."""
+    from bids_affect.analyses import ANALYSES
+
+    return ANALYSES
 
 
 def init_group_wf_from_config(config: Config, links: dict[str, Path]) -> pe.Workflow:
@@ -243,23 +242,23 @@ def error_from_crash_files(crash_dir: Path) -> BidsAffectError | None:
 
 def run_workflow(wf: pe.Workflow, config: Config) -> None:
     """Run ``wf`` with the configured nipype plugin; map node failures to exit codes."""
-    ex, ny = config.execution, config.nipype
-    crash_dir = ex.work_dir / "crash" / ex.run_id
+    execution, nipype_config = config.execution, config.nipype
+    crash_dir = execution.work_dir / "crash" / execution.run_id
     wf.config["execution"].update({
         "crashdump_dir": str(crash_dir), "crashfile_format": "txt",
         "stop_on_first_crash": True, "remove_unnecessary_outputs": False,
         "hash_method": "timestamp", "check_version": False,
     })
-    plugin, plugin_args = ny.plugin, dict(ny.plugin_args)
-    n_procs = ny.nprocs or os.cpu_count() or 1
+    plugin, plugin_args = nipype_config.plugin, dict(nipype_config.plugin_args)
+    n_procs = nipype_config.nprocs or os.cpu_count() or 1
     if plugin == "MultiProc":
         if n_procs == 1:
             plugin = "Linear"
         else:
             plugin_args.setdefault("n_procs", n_procs)
             plugin_args.setdefault("raise_insufficient", False)
-            if ny.mem_mb:
-                plugin_args.setdefault("memory_gb", ny.mem_mb / 1024)
+            if nipype_config.mem_mb:
+                plugin_args.setdefault("memory_gb", nipype_config.mem_mb / 1024)
     try:
         wf.run(plugin=plugin, plugin_args=plugin_args)
     except BidsAffectError:

@@ -8,6 +8,8 @@ from pathlib import Path
 from nipype.pipeline import engine as pe
 
 from bids_affect.interfaces import RunStep
+from bids_affect.steps import step_path
+from bids_affect.steps.group import group_withinsubject_step
 
 
 def init_group_wf(*, output_dir: Path, participant_label: Sequence[str] | None,
@@ -19,7 +21,7 @@ def init_group_wf(*, output_dir: Path, participant_label: Sequence[str] | None,
     with a later release).
     """
     wf = pe.Workflow(name=name)
-    collect = pe.Node(RunStep(step="group_withinsubject", kwargs={
+    collect = pe.Node(RunStep(step=step_path(group_withinsubject_step), kwargs={
         "output_dir": str(output_dir),
         "participant_label": list(participant_label) if participant_label else None,
         "provenance": dict(provenance)}), name="withinsubject", overwrite=True)

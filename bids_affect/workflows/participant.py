@@ -1,40 +1,144 @@
 """Participant level: one nipype workflow per subject and task.
 
-Labels -> clean samples -> one decoder per model -> occlusion of CNN decoders
--> RSA, each step followed by a sink that writes its derivatives. The factory
-takes every setting as an argument; only :mod:`bids_affect.workflows.base`
-reads the configuration.
+Labels -> clean samples -> the nodes of each analysis asked for, each step
+followed by a sink that writes its derivatives. The analyses add their own
+nodes (their ``wire`` function in :mod:`bids_affect.analyses`) through a
+:class:`ParticipantWorkflow`, so this module knows no analysis by name. The
+factory takes every setting as an argument; only
+:mod:`bids_affect.workflows.base` reads the configuration.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nipype.interfaces.utility import IdentityInterface, Merge
 from nipype.pipeline import engine as pe
 
-from bids_affect.decoding import is_cnn
+from bids_affect.config import derive_seed
 from bids_affect.interfaces import RunStep
-from bids_affect.io.derivatives import desc_label
+from bids_affect.steps import step_path
+from bids_affect.steps.labels import labels_step, samples_step, write_labels_step
+
+#: Fields of each subject workflow's ``outputnode``.
+OUTPUT_FIELDS = ("labels_dir", "samples_dir", "model_dirs")
 
 
-def _node(subject: str, step: str, name: str, kwargs: Mapping[str, Any],
-          in_files: Sequence[str] = (), sink: bool = False) -> pe.Node:
-    node = pe.Node(RunStep(step=step, kwargs=dict(kwargs), progress_label=f"sub-{subject} "
-                           f"{name}"), name=name, overwrite=sink, run_without_submitting=sink)
-    if in_files:
-        node.inputs.in_files = list(in_files)
-    return node
+@dataclass(frozen=True)
+class SharedSettings:
+    """Settings several analyses read (``[analysis]`` and the runtime)."""
+
+    models: tuple[str, ...] = ("ridge",)
+    device: str = "auto"
+    num_threads: int | None = None
+    roi_atlas: str | None = None
+
+
+class ParticipantWorkflow:
+    """One subject's workflow under construction; analyses add their nodes through it.
+
+    It holds the labels and samples nodes every analysis reads, builds nodes
+    and sinks (:meth:`node`, :meth:`sink`), derives each piece of work's seed
+    from the master seed (:meth:`seed`), makes nodes that several analyses
+    share once (:meth:`shared_node`, e.g. a decoder that occlusion and RSA
+    both read), and exposes results on ``outputnode`` (:meth:`expose`) for
+    whatever consumes this subject's work.
+    """
+
+    def __init__(self, *, subject: str, task: str, runs: Sequence[dict[str, Any]],
+                 output_dir: Path, label_spec: Mapping[str, Any],
+                 cleaning: Mapping[str, Any], options: Mapping[str, Any],
+                 shared: SharedSettings, master_seed: int, provenance: Mapping[str, Any],
+                 n_jobs: int = 1, check_data: bool = False, name: str | None = None):
+        self.subject, self.task = subject, task
+        self.options = dict(options)
+        self.shared = shared
+        self.n_jobs = n_jobs
+        self.min_volumes = int(label_spec["min_volumes"])
+        self._master_seed = int(master_seed)
+        self._shared_nodes: dict[Hashable, pe.Node] = {}
+        self._exposed: dict[str, list[pe.Node]] = {}
+        self.common = {"output_dir": str(output_dir), "subject": subject, "task": task,
+                       "runs": list(runs), "provenance": dict(provenance)}
+        self.in_files = sorted({r[key] for r in runs
+                                for key in ("bold", "events", "mask", "confounds")
+                                if r.get(key)})
+        self.wf = pe.Workflow(name=name or f"sub_{subject}_task_{task}_wf")
+        self.outputnode = pe.Node(IdentityInterface(fields=list(OUTPUT_FIELDS)),
+                                  name="outputnode")
+        # Without analyses nothing else reads the BOLD data, so labelling checks it.
+        self.labels = self.node(labels_step, "labels", {
+            "runs": list(runs), "label_spec": dict(label_spec), "check_data": check_data},
+            self.in_files)
+        ds_labels = self.sink(write_labels_step, "ds_labels")
+        self.wf.connect([(self.labels, ds_labels, [("out_dir", "labels_dir")]),
+                         (self.labels, self.outputnode, [("out_dir", "labels_dir")])])
+        self._cleaning = dict(cleaning)
+        self._runs = list(runs)
+        self._samples: pe.Node | None = None
+
+    @property
+    def samples(self) -> pe.Node:
+        """The node of clean samples (made on first use: labels alone need none)."""
+        if self._samples is None:
+            self._samples = self.node(samples_step, "samples", {
+                "runs": self._runs, "cleaning": self._cleaning}, self.in_files)
+            self.wf.connect([(self.labels, self._samples, [("out_dir", "labels_dir")]),
+                             (self._samples, self.outputnode, [("out_dir", "samples_dir")])])
+        return self._samples
+
+    def node(self, step: Callable[..., None], name: str, kwargs: Mapping[str, Any],
+             in_files: Sequence[str] = (), sink: bool = False) -> pe.Node:
+        """A node running ``step`` (see :class:`~bids_affect.interfaces.RunStep`).
+
+        ``in_files`` are inputs whose change must invalidate the node's cache;
+        a ``sink`` always reruns (it only copies finished results into place).
+        """
+        node = pe.Node(RunStep(step=step_path(step), kwargs=dict(kwargs),
+                               progress_label=f"sub-{self.subject} {name}"),
+                       name=name, overwrite=sink, run_without_submitting=sink)
+        if in_files:
+            node.inputs.in_files = list(in_files)
+        self.wf.add_nodes([node])
+        return node
+
+    def sink(self, step: Callable[..., None], name: str) -> pe.Node:
+        """A sink running ``step`` with the subject's output names and provenance."""
+        return self.node(step, name, self.common, sink=True)
+
+    def seed(self, *keys: str | int) -> int:
+        """The seed of one piece of this subject's work (e.g. a decoder's name)."""
+        return derive_seed(self._master_seed, self.subject, self.task, *keys)
+
+    def shared_node(self, key: Hashable, make: Callable[[], pe.Node]) -> pe.Node:
+        """The node ``make()`` builds, built once per ``key`` however many ask."""
+        if key not in self._shared_nodes:
+            self._shared_nodes[key] = make()
+        return self._shared_nodes[key]
+
+    def expose(self, field: str, node: pe.Node) -> None:
+        """Put ``node``'s result folder on ``outputnode.field`` (a list, in order)."""
+        self._exposed.setdefault(field, []).append(node)
+
+    def finish(self) -> pe.Workflow:
+        """Connect the exposed results to ``outputnode``; the finished workflow."""
+        for field, nodes in self._exposed.items():
+            merge = pe.Node(Merge(len(nodes)), name=f"merge_{field}",
+                            run_without_submitting=True)
+            for index, node in enumerate(nodes, start=1):
+                self.wf.connect(node, "out_dir", merge, f"in{index}")
+            self.wf.connect(merge, "out", self.outputnode, field)
+        return self.wf
 
 
 def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any]],
                         output_dir: Path, label_spec: Mapping[str, Any],
                         cleaning: Mapping[str, Any], analyses: Sequence[str],
-                        models: Sequence[str], decoding: Mapping[str, Any],
-                        occlusion: Mapping[str, Any], rsa: Mapping[str, Any],
-                        seeds: Mapping[str, int], provenance: Mapping[str, Any],
+                        options: Mapping[str, Any], shared: SharedSettings,
+                        master_seed: int, provenance: Mapping[str, Any],
                         n_jobs: int = 1, name: str | None = None) -> pe.Workflow:
     """Workflow of one subject and task.
 
@@ -51,82 +155,33 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
     cleaning : dict
         Keyword arguments of :func:`bids_affect.bold.build_samples`.
     analyses : list of str
-        Validated analysis names (empty: labels only).
-    models : list of str
-        Decoder names.
-    decoding, occlusion, rsa : dict
-        Settings of each analysis (see :mod:`bids_affect.steps`).
-    seeds : dict
-        Seed of each decoder (by model name) and of ``occlusion``/``rsa``.
+        Validated analysis names, in registry order (empty: labels only).
+    options : dict
+        Each analysis's options dataclass, by analysis name (every registered
+        analysis with options: an analysis may read another's, as occlusion
+        reads the decoders').
+    shared : SharedSettings
+        Settings several analyses read.
+    master_seed : int
+        The run's master seed; each piece of work derives its own.
     provenance : dict
         ``Sources`` resolver links and ``Parameters`` for sidecars.
     n_jobs : int
         Processes a step may use.
+
+    Returns
+    -------
+    nipype Workflow
+        With an ``outputnode`` holding ``labels_dir``, ``samples_dir`` and
+        ``model_dirs`` (the decoders' result folders).
     """
-    wf = pe.Workflow(name=name or f"sub_{subject}_task_{task}_wf")
-    node = partial(_node, subject)
-    common = {"output_dir": str(output_dir), "subject": subject, "task": task,
-              "runs": list(runs), "provenance": dict(provenance)}
-    in_files = sorted({r[key] for r in runs for key in ("bold", "events", "mask", "confounds")
-                       if r.get(key)})
+    from bids_affect.analyses import ANALYSES
 
-    # Without analyses nothing else reads the BOLD data, so labelling checks it.
-    labels = node("labels", "labels", {"runs": list(runs), "label_spec": dict(label_spec),
-                                       "check_data": not analyses}, in_files)
-    ds_labels = node("write_labels", "ds_labels", common, sink=True)
-    wf.connect(labels, "out_dir", ds_labels, "labels_dir")
-    if not analyses:
-        return wf
-
-    samples = node("samples", "samples", {"runs": list(runs), "cleaning": dict(cleaning)},
-                    in_files)
-    wf.connect(labels, "out_dir", samples, "labels_dir")
-
-    # Occlusion and RSA read trained CNNs, so their decoders run even without "decoding".
-    if "decoding" in analyses:
-        decoded = list(models)
-    elif {"occlusion", "rsa"} & set(analyses):
-        decoded = [model for model in models if is_cnn(model)]
-    else:
-        decoded = []
-    cnn_decoders = {}
-    for model in decoded:
-        desc = desc_label(model)
-        decode = node("decode", f"decode_{desc}", {
-            "model": model, "settings": dict(decoding), "seed": seeds[model],
-            "min_volumes": int(label_spec["min_volumes"]), "n_jobs": n_jobs})
-        ds_decode = node("write_decoding", f"ds_decode_{desc}", common, sink=True)
-        wf.connect([(samples, decode, [("out_dir", "samples_dir")]),
-                    (decode, ds_decode, [("out_dir", "decoding_dirs")]),
-                    (samples, ds_decode, [("out_dir", "samples_dir")])])
-        if is_cnn(model):
-            cnn_decoders[model] = decode
-
-    if "occlusion" in analyses:
-        for model, decode in cnn_decoders.items():
-            desc = desc_label(model)
-            occlude = node("occlusion", f"occlusion_{desc}", {
-                "settings": dict(occlusion), "seed": seeds["occlusion"]})
-            ds_occlusion = node("write_occlusion", f"ds_occlusion_{desc}", common, sink=True)
-            wf.connect([(samples, occlude, [("out_dir", "samples_dir")]),
-                        (decode, occlude, [("out_dir", "decoding_dirs")]),
-                        (occlude, ds_occlusion, [("out_dir", "decoding_dirs")]),
-                        (samples, ds_occlusion, [("out_dir", "samples_dir")])])
-
-    if "rsa" in analyses:
-        rsa_node = node("rsa", "rsa", {"settings": dict(rsa), "seed": seeds["rsa"],
-                                        "min_volumes": int(label_spec["min_volumes"])},
-                         in_files=[str(p) for p in rsa.get("references", {}).values()])
-        ds_rsa = node("write_rsa", "ds_rsa", common, sink=True)
-        wf.connect([(samples, rsa_node, [("out_dir", "samples_dir")]),
-                    (rsa_node, ds_rsa, [("out_dir", "decoding_dirs")]),
-                    (samples, ds_rsa, [("out_dir", "samples_dir")])])
-        if cnn_decoders:
-            from nipype.interfaces.utility import Merge
-
-            merge = pe.Node(Merge(len(cnn_decoders)), name="merge_cnn_decoders",
-                            run_without_submitting=True)
-            for index, decode in enumerate(cnn_decoders.values(), start=1):
-                wf.connect(decode, "out_dir", merge, f"in{index}")
-            wf.connect(merge, "out", rsa_node, "decoding_dirs")
-    return wf
+    builder = ParticipantWorkflow(
+        subject=subject, task=task, runs=runs, output_dir=output_dir, label_spec=label_spec,
+        cleaning=cleaning, options=options, shared=shared, master_seed=master_seed,
+        provenance=provenance, n_jobs=n_jobs, check_data=not analyses, name=name)
+    for analysis_name in analyses:
+        analysis = ANALYSES[analysis_name]
+        analysis.wire(builder, options.get(analysis_name))
+    return builder.finish()

@@ -37,7 +37,7 @@ from bids_affect.io.annotations import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-STUDYFORREST = REPO / ".." / "shared" / "data" / "studyforrest-emotions"
+STUDYFORREST = Path(__file__).resolve().parents[1] / "data" / "studyforrest-emotions"
 STUDYFORREST_TR = 2.0
 STUDYFORREST_VOLUMES = {1: 451, 2: 441, 3: 438, 4: 488, 5: 462, 6: 439, 7: 542, 8: 338}
 #: Where run 8 starts in the movie, and where the peers' cumulative run lengths put it.

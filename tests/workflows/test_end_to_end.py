@@ -201,7 +201,7 @@ def test_rsa_statistics_and_model_rdm_sidecar(finished_run):
 
 def test_rsa_step_with_roi_atlas_references_and_distances(finished_run, tmp_path, caplog):
     """Brain ROI RDMs from a user dseg, a reference of other classes, cv distances."""
-    from bids_affect.steps import STEPS
+    from bids_affect.steps.rsa import rsa_step, write_rsa_step
 
     root, _ = finished_run
     dseg = root / "bids" / "sourcedata" / "groundtruth" / "regions_dseg.nii.gz"
@@ -213,10 +213,10 @@ def test_rsa_step_with_roi_atlas_references_and_distances(finished_run, tmp_path
                 "references": {"arousal": str(reference)}, "roi_atlas": f"{dseg}:fear,sadness"}
     work, out = tmp_path / "rsa", tmp_path / "out"
     work.mkdir()
-    STEPS["rsa"](work, samples_dir=_step_dir(root, "samples"), settings=settings, seed=1,
+    rsa_step(work, samples_dir=_step_dir(root, "samples"), settings=settings, seed=1,
                  min_volumes=5, decoding_dirs=[_step_dir(root, "decode_cnndeepemotion")])
     assert "comparisons with it use the 3 shared classes" in caplog.text
-    STEPS["write_rsa"](tmp_path, decoding_dirs=[work], output_dir=str(out), subject="01",
+    write_rsa_step(tmp_path, decoding_dirs=[work], output_dir=str(out), subject="01",
                        task="movie", runs=[], provenance={})
     func = out / "sub-01" / "func"
     fear = func / f"{PREFIX}_desc-brainfear_rdm.tsv"
@@ -242,19 +242,19 @@ def test_rsa_step_with_roi_atlas_references_and_distances(finished_run, tmp_path
                                  "holds no voxel of the brain mask"),
 ])
 def test_rsa_step_refuses_an_roi_outside_the_mask(finished_run, tmp_path, roi_atlas, message):
-    from bids_affect.steps import STEPS
+    from bids_affect.steps.rsa import rsa_step
 
     root, _ = finished_run
     settings = {"distance": "correlation", "methods": ["spearman"], "n_permutations": 0,
                 "references": {}, "roi_atlas": roi_atlas}
     with pytest.raises(InputDataError, match=re.escape(message)) as error:
-        STEPS["rsa"](tmp_path, samples_dir=_step_dir(root, "samples"), settings=settings,
+        rsa_step(tmp_path, samples_dir=_step_dir(root, "samples"), settings=settings,
                      seed=1, min_volumes=5)
     assert error.value.exit_code == 65
 
 
 def test_classes_without_samples_get_no_map_and_say_why(finished_run, tmp_path, caplog):
-    from bids_affect.steps import STEPS
+    from bids_affect.steps.occlusion import occlusion_step, write_occlusion_step
 
     root, _ = finished_run
     settings = {"window": 2, "stride": 2, "threshold": 1.0, "n_per_class": 2,
@@ -262,11 +262,11 @@ def test_classes_without_samples_get_no_map_and_say_why(finished_run, tmp_path, 
     work, out = tmp_path / "occlusion", tmp_path / "out"
     work.mkdir()
     samples = _step_dir(root, "samples")
-    STEPS["occlusion"](work, samples_dir=samples,
+    occlusion_step(work, samples_dir=samples,
                        decoding_dirs=[_step_dir(root, "decode_cnndeepemotion")],
                        settings=settings, seed=1)
     assert "UMAP skipped" in caplog.text
-    STEPS["write_occlusion"](tmp_path, decoding_dirs=[work], samples_dir=samples,
+    write_occlusion_step(tmp_path, decoding_dirs=[work], samples_dir=samples,
                              output_dir=str(out), subject="01", task="movie", runs=[],
                              provenance={})
     func = out / "sub-01" / "func"
@@ -283,7 +283,7 @@ def test_classes_without_samples_get_no_map_and_say_why(finished_run, tmp_path, 
 def test_top_k_larger_than_the_mask_is_refused_before_occlusion(finished_run, tmp_path,
                                                                  monkeypatch):
     from bids_affect import occlusion
-    from bids_affect.steps import STEPS
+    from bids_affect.steps.occlusion import occlusion_step
 
     root, _ = finished_run
 
@@ -293,12 +293,16 @@ def test_top_k_larger_than_the_mask_is_refused_before_occlusion(finished_run, tm
     monkeypatch.setattr(occlusion, "class_occlusion_maps", never)
     settings = {"window": 2, "stride": 2, "threshold": 0.0, "n_per_class": 2,
                 "precision": "float32", "top_k": 100_000}
-    with pytest.raises(UsageError, match=r"--top-k 100000 .* brain mask holds \(\d+ voxels\)"
-                       ) as error:
-        STEPS["occlusion"](tmp_path, samples_dir=_step_dir(root, "samples"),
-                           decoding_dirs=[_step_dir(root, "decode_cnndeepemotion")],
-                           settings=settings, seed=1)
-    assert error.value.exit_code == 64 and "fix: use --top-k" in str(error.value)
+    with pytest.raises(UsageError, match=r"top_k: asks for 100000 top voxels, more than the "
+                                         r"brain mask holds \(\d+ voxels\)") as error:
+        occlusion_step(tmp_path, samples_dir=_step_dir(root, "samples"),
+                       decoding_dirs=[_step_dir(root, "decode_cnndeepemotion")],
+                       settings=settings, seed=1)
+    assert error.value.exit_code == 64 and "fix: use " in str(error.value)
+    # The command line names the flag that sets the library's parameter.
+    from bids_affect.cli.run import _error_line
+
+    assert _error_line(error.value).startswith("bids_affect: error: --top-k: asks for 100000")
 
 
 # --------------------------------------------------------------------------- raw data
@@ -337,13 +341,13 @@ def test_native_space_top_voxels_have_no_atlas(raw_run):
 
 
 def test_offline_atlas_on_native_data_is_refused_naming_the_space(raw_run, tmp_path):
-    from bids_affect.steps import STEPS
+    from bids_affect.steps.rsa import rsa_step
 
     root, _ = raw_run
     settings = {"distance": "correlation", "methods": ["spearman"], "n_permutations": 0,
                 "references": {}, "roi_atlas": "juelich:amygdala_cm"}
     with pytest.raises(InputDataError, match="the data are in space native") as error:
-        STEPS["rsa"](tmp_path, samples_dir=_step_dir(root, "samples"), settings=settings,
+        rsa_step(tmp_path, samples_dir=_step_dir(root, "samples"), settings=settings,
                      seed=1, min_volumes=5)
     assert error.value.exit_code == 65 and "MNI152" in str(error.value)
 

@@ -11,9 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bids_affect.analyses import ANALYSES
 from bids_affect.cli.run import main
+from bids_affect.config import Config
 from bids_affect.datasets import make_synthetic_dataset
-from bids_affect.workflows.participant import init_participant_wf
+from bids_affect.workflows.participant import SharedSettings, init_participant_wf
 from tests.helpers import file_hashes
 
 FAST = ["--labels", "studyforrest-5", "--models", "ridge", "--n-permutations", "50",
@@ -43,11 +45,12 @@ def _node_names(wf):
                                             "merge_cnn_decoders"}, {"decode_ridge"}),
 ])
 def test_participant_workflow_wiring(tmp_path, analyses, models, expected, absent):
+    options = {name: section for name, section in Config().sections().items()
+               if name in ANALYSES}
     wf = init_participant_wf(
         subject="01", task="movie", runs=[], output_dir=tmp_path, label_spec={
-            "min_volumes": 20}, cleaning={}, analyses=analyses, models=models, decoding={},
-        occlusion={}, rsa={}, seeds={m: 1 for m in [*models, "occlusion", "rsa"]},
-        provenance={})
+            "min_volumes": 20}, cleaning={}, analyses=analyses, options=options,
+        shared=SharedSettings(models=tuple(models)), master_seed=1, provenance={})
     names = _node_names(wf)
     assert expected <= names
     assert not absent & names
@@ -58,21 +61,23 @@ def test_a_rerun_after_a_crash_resumes_from_the_work_dir(four_subjects, tmp_path
     from bids_affect import steps
 
     calls = []
-    original = {name: steps.STEPS[name] for name in ("labels", "samples", "decode")}
+    resolve = steps.resolve_step
+    crashing = {"decode": True}
 
-    def counting(name):
+    def counting(path):
+        function = resolve(path)
+        name = path.rsplit(":", 1)[1].removesuffix("_step")
+        if name not in ("labels", "samples", "decode"):
+            return function
+
         def wrapper(*args, **kwargs):
             calls.append(name)
-            return original[name](*args, **kwargs)
+            if crashing.get(name):
+                raise RuntimeError("simulated crash during decoding")
+            return function(*args, **kwargs)
         return wrapper
 
-    def crash(*args, **kwargs):
-        calls.append("decode")
-        raise RuntimeError("simulated crash during decoding")
-
-    for name in ("labels", "samples"):
-        monkeypatch.setitem(steps.STEPS, name, counting(name))
-    monkeypatch.setitem(steps.STEPS, "decode", crash)
+    monkeypatch.setattr(steps, "resolve_step", counting)
     args = [str(four_subjects), str(tmp_path / "out"), "participant", "--participant-label",
             "01", "-w", str(tmp_path / "work"), *FAST]
     assert main(args) == 1
@@ -81,7 +86,7 @@ def test_a_rerun_after_a_crash_resumes_from_the_work_dir(four_subjects, tmp_path
     assert not (tmp_path / "out/sub-01/func/sub-01_task-movie_desc-ridge_decoding.json").exists()
 
     calls.clear()
-    monkeypatch.setitem(steps.STEPS, "decode", counting("decode"))
+    crashing.clear()
     assert main(args) == 0
     assert calls == ["decode"]  # labels and samples came from the work directory
     assert (tmp_path / "out/sub-01/func/sub-01_task-movie_desc-ridge_decoding.json").exists()

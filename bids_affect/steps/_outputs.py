@@ -1,0 +1,48 @@
+"""What every step and sink shares: run records, sources, cleaning parameters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bids_affect.io import derivatives as deriv
+from bids_affect.io.layout import RunRecord
+
+
+def records(runs: Sequence[Mapping[str, Any]]) -> list[RunRecord]:
+    """Run records from their JSON-ready dictionaries (node arguments)."""
+    return [RunRecord.from_dict(run) for run in runs]
+
+
+def sources(provenance: Mapping[str, Any], paths: Sequence[Path | str | None]) -> list[str]:
+    """BIDS URIs of the input files (``Sources`` of a sidecar)."""
+    resolver = deriv.SourceResolver({name: Path(p) for name, p in
+                                     provenance.get("links", {}).items()})
+    return [resolver.uri(path) for path in paths if path]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file's content."""
+    return json.loads(Path(path).read_text())
+
+
+def cleaning_parameters(samples_dir: Path | None) -> dict[str, Any]:
+    """Cleaning parameters of a sample set (masking, filters, confounds), for sidecars."""
+    from bids_affect.bold import MANIFEST_FILE
+
+    if samples_dir is None:
+        return {}
+    return dict(read_json(Path(samples_dir) / MANIFEST_FILE)["parameters"])
+
+
+def run_entities(run: RunRecord) -> dict[str, Any]:
+    """Entities that tell a run's outputs apart (session, acquisition, run)."""
+    return {"session": run.session, "acquisition": run.entities.get("acquisition"),
+            "run": run.run}
+
+
+def data_space(samples) -> str | None:
+    """The space of a sample set's runs (None: raw data in native space)."""
+    return samples.manifest["runs"][0].get("space")
