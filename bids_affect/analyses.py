@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bids_affect.__about__ import __version__
+from bids_affect.boilerplate import decoding_methods, occlusion_methods, rsa_methods
 from bids_affect.exceptions import UsageError
 from bids_affect.steps import decoding, occlusion, rsa
 
@@ -55,6 +56,8 @@ class Analysis:
         Output kinds it writes (keys of :data:`bids_affect.io.derivatives.OUTPUTS`).
     check : callable or None
         ``check(options, config)``: parse-time checks of its options (exit 64).
+    methods : callable or None
+        ``methods(config)``: its paragraph of the methods boilerplate.
     needs_cnn : bool
         It reads trained CNN decoders, so ``--models`` must name one.
     available : bool
@@ -67,6 +70,7 @@ class Analysis:
     wire: Callable[[Any, Any], None] | None = None
     outputs: tuple[str, ...] = ()
     check: Callable[[Any, Any], None] | None = None
+    methods: Callable[[Any], str] | None = None
     needs_cnn: bool = False
     available: bool = True
 
@@ -128,16 +132,17 @@ def check_analyses(names: Sequence[str], models: Sequence[str]) -> list[str]:
 register_analysis(Analysis(
     "decoding", "within-subject emotion decoders with run-wise CV, chance level and "
                 "permutation tests",
-    options=decoding.DecodingOptions, wire=decoding.wire,
+    options=decoding.DecodingOptions, wire=decoding.wire, methods=decoding_methods,
     outputs=("decoding", "predictions", "confusion", "null_distribution", "model")))
 register_analysis(Analysis(
     "occlusion", "occlusion sensitivity maps of CNN decoders, top voxels, UMAP",
     options=occlusion.OcclusionOptions, wire=occlusion.wire, needs_cnn=True,
+    methods=occlusion_methods,
     outputs=("occlusion_map", "occlusion_topk", "occlusion_samples", "occlusion_umap",
              "figure")))
 register_analysis(Analysis(
     "rsa", "brain and CNN RDMs compared with Mantel tests",
-    options=rsa.RSAOptions, wire=rsa.wire, check=rsa.check_options,
+    options=rsa.RSAOptions, wire=rsa.wire, check=rsa.check_options, methods=rsa_methods,
     outputs=("rdm", "rsa_statistics")))
 register_analysis(Analysis("encoding", "voxelwise encoding models of stimulus CNN features",
                            available=False))

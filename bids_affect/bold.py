@@ -146,6 +146,8 @@ def _strategy(description: str, **kwargs: Any) -> ConfoundStrategy:
 #: would override ``high_pass``. nilearn does not allow CompCor without them,
 #: so "compcor" keeps them (and says so in the log).
 CONFOUND_STRATEGIES: Mapping[str, ConfoundStrategy] = MappingProxyType({
+    "auto": _strategy("'motion' for runs with fMRIPrep's confounds file, 'none' for runs "
+                      "without one (raw BIDS); each run's choice is recorded"),
     "none": _strategy("no confound regression"),
     "motion": _strategy("6 motion parameters and their derivatives (12 regressors)",
                         strategy=("motion",), motion="derivatives"),
@@ -257,7 +259,30 @@ def _missing_keys(err: KeyError) -> str:
         return text
 
 
-def load_run_confounds(run: RunRecord, strategy: str = "motion"
+#: The strategy that adapts to the data: "motion" with fMRIPrep's confounds, else "none".
+AUTO_CONFOUNDS = "auto"
+
+
+def resolve_confound_strategy(strategy: str, run: RunRecord) -> str:
+    """The strategy applied to ``run``: ``auto`` becomes ``motion`` or ``none``.
+
+    ``auto`` regresses fMRIPrep's motion parameters when the run has
+    fMRIPrep's confounds file and nothing otherwise (raw BIDS); every other
+    strategy is applied as named (and fails on a run without the file).
+
+    Examples
+    --------
+    >>> from bids_affect.datasets import example_runs
+    >>> resolve_confound_strategy("auto", example_runs()[0])
+    'none'
+    """
+    check_confound_strategy(strategy)
+    if strategy != AUTO_CONFOUNDS:
+        return strategy
+    return "motion" if run.confounds is not None else "none"
+
+
+def load_run_confounds(run: RunRecord, strategy: str = AUTO_CONFOUNDS
                        ) -> tuple[pd.DataFrame | None, np.ndarray | None]:
     """Confounds of one run chosen by ``strategy``, with nilearn's sample mask.
 
@@ -267,7 +292,8 @@ def load_run_confounds(run: RunRecord, strategy: str = "motion"
         The run; its ``confounds`` TSV (fMRIPrep) is read unless ``strategy``
         is "none".
     strategy : str
-        A key of :data:`CONFOUND_STRATEGIES`.
+        A key of :data:`CONFOUND_STRATEGIES` (``auto``: see
+        :func:`resolve_confound_strategy`).
 
     Returns
     -------
@@ -300,6 +326,7 @@ def load_run_confounds(run: RunRecord, strategy: str = "motion"
     >>> confounds.shape, sample_mask
     ((20, 12), None)
     """
+    strategy = resolve_confound_strategy(strategy, run)
     spec = check_confound_strategy(strategy)
     if spec.nilearn_kwargs is None:
         return None, None
@@ -699,7 +726,7 @@ def clean_signals(signals: np.ndarray, t_r: float, *,
 
 @fill_doc
 def clean_run(run: RunRecord, mask_img: nib.Nifti1Image, *, detrend: bool = True,
-              high_pass: float | None = DEFAULT_HIGH_PASS, confounds: str = "motion",
+              high_pass: float | None = DEFAULT_HIGH_PASS, confounds: str = AUTO_CONFOUNDS,
               standardize: bool | str = True,
               smoothing_fwhm: float | None = None) -> np.ndarray:
     """Mask and clean one run: float32 ``(n_volumes, n_voxels)``.
@@ -816,7 +843,7 @@ def _run_table(run: RunRecord, index: int, labels: list[str | None],
 def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | None,
                   out_dir: str | Path, *, mask_img: str | Path | nib.Nifti1Image | None = None,
                   detrend: bool = True, high_pass: float | None = DEFAULT_HIGH_PASS,
-                  confounds: str = "motion", standardize: bool | str = True,
+                  confounds: str = AUTO_CONFOUNDS, standardize: bool | str = True,
                   smoothing_fwhm: float | None = None) -> SampleSet:
     """Mask, clean and write runs as a :class:`SampleSet` in ``out_dir``.
 
@@ -875,6 +902,8 @@ def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | 
     labels = [_labels_of(run, labels_by_run, single_subject, image.shape[3])
               for run, image in zip(runs, images)]
     loaded = [load_run_confounds(run, confounds) for run in runs]  # all before the long pass
+    if confounds == AUTO_CONFOUNDS:
+        parameters["confounds_applied"] = _auto_confounds(runs)
 
     inside = np.asarray(mask_img.dataobj, bool)
     box = bounding_box(inside)
@@ -889,6 +918,22 @@ def build_samples(runs: Sequence[RunRecord], labels_by_run: Mapping[str, Any] | 
     LOGGER.info("Wrote %d volumes x %d voxels (%d runs) to %s", n_total, int(inside.sum()),
                 len(runs), out_dir)
     return SampleSet.load(out_dir)
+
+
+def _auto_confounds(runs: Sequence[RunRecord]) -> dict[str, str]:
+    """The strategy ``auto`` applied to each run, said in the log (recorded in sidecars)."""
+    applied = {run.key: resolve_confound_strategy(AUTO_CONFOUNDS, run) for run in runs}
+    without = [key for key, strategy in applied.items() if strategy == "none"]
+    where = f"sub-{runs[0].subject}"
+    if without:
+        LOGGER.warning("%s: confounds 'auto': %d of %d runs have no fMRIPrep confounds file "
+                       "(%s), so no motion regression is applied to them; give fMRIPrep "
+                       "derivatives (-d) to regress motion.", where, len(without), len(applied),
+                       ", ".join(without))
+    else:
+        LOGGER.info("%s: confounds 'auto': fMRIPrep's motion parameters regressed from every "
+                    "run.", where)
+    return applied
 
 
 def _choose_mask(runs: Sequence[RunRecord], mask_img: str | Path | nib.Nifti1Image | None
@@ -1111,8 +1156,9 @@ class SampleSet:
             raise UsageError(f"must be 0 or more, got {min_volumes}", path="min_volumes")
         label = self.table["label"]
         usable = label.notna().to_numpy() & ~self.table["censored"].to_numpy(bool)
+        subjects = ", ".join(f"sub-{s}" for s in sorted(set(self.table["subject"])))
         kept, _ = drop_rare_classes(np.where(usable, label.to_numpy(object), None),
-                                    int(min_volumes), classes)
+                                    int(min_volumes), classes, where=subjects or None)
         return np.flatnonzero(pd.notna(kept))
 
     def unmask(self, values: np.ndarray) -> nib.Nifti1Image:

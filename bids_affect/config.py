@@ -194,7 +194,8 @@ class ExecutionConfig:
              "directory")
     reports_only: bool = option(
         False, action="store_true", group=_REPRODUCIBILITY,
-        help="only (re)write reports (arrives with the reports release)")
+        help="only (re)write the HTML reports (sub-X.html, group.html) from the outputs "
+             "already in output_dir: nothing is recomputed")
     boilerplate_only: bool = option(
         False, flags=("--boilerplate-only", "--boilerplate_only"), action="store_true",
         group=_REPRODUCIBILITY, help="only write the methods boilerplate (logs/CITATION.md)")
@@ -261,7 +262,7 @@ class CleaningConfig:
         default_text="1/300: movie emotions recur every few minutes",
         help="high-pass cutoff in Hz, or 'none'")
     detrend: bool = True
-    confounds: str = option("motion", metavar="STRATEGY", choices=_confound_strategies,
+    confounds: str = option("auto", metavar="STRATEGY", choices=_confound_strategies,
                             help="confound strategy from fMRIPrep's confounds")
     standardize: bool = True
     smoothing_fwhm: float | None = option(None, type=converters.positive_float, metavar="MM",
@@ -355,9 +356,9 @@ class Config:
         """Every section by name, in order."""
         return dict(self._sections)
 
-    def copy(self) -> Config:
-        """A copy whose sections can change without touching this one."""
-        return Config(**{name: dataclasses.replace(value)
+    def copy(self, **sections: Any) -> Config:
+        """A copy whose sections can change without touching this one; ``sections`` replace."""
+        return Config(**{name: dataclasses.replace(sections.get(name, value))
                          for name, value in self._sections.items()})
 
     def __eq__(self, other: object) -> bool:

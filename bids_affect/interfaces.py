@@ -23,6 +23,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from bids_affect.exceptions import BidsAffectError
+
 
 class _RunStepInputSpec(BaseInterfaceInputSpec):
     step = traits.Str(mandatory=True, desc="the step function, as 'module:function'")
@@ -65,6 +67,14 @@ class RunStep(SimpleInterface):
             kwargs["decoding_dirs"] = [Path(p) for p in self.inputs.decoding_dirs]
         label = self.inputs.progress_label if isdefined(self.inputs.progress_label) else ""
         with progress.context(label or self.inputs.step):
-            resolve_step(self.inputs.step)(out_dir, **kwargs)
+            try:
+                resolve_step(self.inputs.step)(out_dir, **kwargs)
+            except BidsAffectError as err:
+                if not label or "sub-" in str(err):
+                    raise
+                # Name the subject and step: "decoding needs at least 2 classes" alone
+                # does not say whose data.
+                raise type(err)(f"{label}: {err.problem}", path=err.path,
+                                fix=err.fix) from err
         self._results["out_dir"] = str(out_dir)
         return runtime

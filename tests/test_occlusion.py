@@ -646,3 +646,23 @@ def test_svg_figures_are_reproducible(tmp_path):
 def test_umap_needs_a_map():
     with pytest.raises(InputDataError, match="no class"):
         umap_embeddings({"fear": None}, None, np.eye(4), k=5)
+
+
+def test_umap_embeddings_are_equal_across_processes():
+    """The same features and seed give the same embedding in any process.
+
+    These functional features (the top voxels' occlusion values of a demo
+    subject) make a neighbour graph of several components, on which
+    umap-learn's default spectral start differed from one process to the next.
+    """
+    from pathlib import Path
+
+    features = Path(__file__).parent / "data" / "umap_disconnected_features.npy"
+    code = ("import hashlib, sys, numpy as np\n"
+            "from bids_affect.occlusion.umap import _embed\n"
+            "out = _embed(np.load(sys.argv[1]), 30, 0.1, 2041923419)\n"
+            "print(hashlib.sha256(out.tobytes()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code, str(features)], capture_output=True,
+                              text=True, check=True, timeout=300).stdout.split()[-1]
+               for _ in range(3)}
+    assert len(digests) == 1

@@ -261,13 +261,15 @@ def check_config(config: Config) -> None:
             fix="use participant, group, or both")
     execution.analysis_level = list(dict.fromkeys(levels))
     _check_locations(config)
-    if execution.participant_label:
-        from bids_affect.io.layout import strip_subject_prefix
+    from bids_affect.io.layout import build_queries, check_selection_labels, strip_subject_prefix
 
+    if execution.participant_label is not None:
+        check_selection_labels(execution.participant_label, "participant_label")
         execution.participant_label = strip_subject_prefix(execution.participant_label)
-    if execution.reports_only:
-        raise UsageError("--reports-only is not available yet: HTML reports arrive with the "
-                         "reports release", fix="run without --reports-only")
+    check_selection_labels(execution.session_label, "session_label")
+    check_selection_labels(execution.task_id, "task_id")
+    if execution.bids_filters is not None:  # from --config-file: checked as the file would be
+        build_queries(execution.bids_filters)
     analysis = config.analysis
     analysis.analyses = check_analyses(analysis.analyses, analysis.models)
     analysis.models = check_models(analysis.models)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 import warnings
 
@@ -53,15 +55,21 @@ def _error_line(err: BaseException) -> str:
     return f"bids_affect: error: {' '.join(_with_flags(str(err)).split())}"
 
 
-_PARAMETER_PREFIX = re.compile(r"^(\w+): ")
+_PARAMETER_PREFIX = re.compile(r"^((?:sub-\S+ \S+: )?)(\w+): ")
 
 
 def _with_flags(message: str) -> str:
     """A library message that starts with a parameter name, told with its flag instead.
 
-    Library errors name parameters (``n_splits: must be ...``); users set
-    flags (``--cv-folds``). The table comes from the options' declarations
+    Library errors name parameters (``n_splits: must be ...``), after the
+    subject and step a workflow node adds (``sub-01 decode_ridge: ...``); users
+    set flags (``--cv-folds``). The table comes from the options' declarations
     (:func:`bids_affect.config.parameter_flags`).
+
+    Examples
+    --------
+    >>> _with_flags("sub-01 decode_ridge: n_splits: must be an integer >= 2, got 1")
+    'sub-01 decode_ridge: --cv-folds: must be an integer >= 2, got 1'
     """
     match = _PARAMETER_PREFIX.match(message)
     if match is None:
@@ -69,10 +77,10 @@ def _with_flags(message: str) -> str:
     try:
         from bids_affect.config import parameter_flags
 
-        flag = parameter_flags().get(match.group(1))
+        flag = parameter_flags().get(match.group(2))
     except Exception:  # the registry itself failed to load: keep the message as it is
         return message
-    return message if flag is None else f"{flag}: {message[match.end():]}"
+    return message if flag is None else f"{match.group(1)}{flag}: {message[match.end():]}"
 
 
 def _report(err: BaseException, debug: bool) -> int:
@@ -103,17 +111,39 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(config.execution.verbose, config.execution.debug)
     if config.nipype.omp_nthreads:
         os.environ["OMP_NUM_THREADS"] = str(config.nipype.omp_nthreads)
+    previous = _terminate_on_sigterm()
     try:
         from bids_affect.workflows.base import run_bids_app
 
         run_bids_app(config)
-    except KeyboardInterrupt:
-        print("bids_affect: interrupted; rerun the same command to resume from the work "
-              "directory", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as interrupt:
+        signal_name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
+        levels = " and ".join(config.execution.analysis_level)
+        print(f"bids_affect: interrupted by {signal_name} during the {levels} level; rerun "
+              f"the same command with the same work directory (-w "
+              f"{config.execution.work_dir}) to resume from its finished steps",
+              file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
     except Exception as err:  # the last resort maps to exit 1
         return _report(err, config.execution.debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_SUCCESS
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler's time limit, ``kill``): stop as an interrupt does."""
+
+
+def _terminate_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` (main thread only); the previous handler."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 ``bids_affect-demo [FOLDER]`` writes the demo dataset into ``FOLDER/bids``
 (made by :func:`~bids_affect.datasets.make_synthetic_dataset` with planted
 signal), then runs ``bids_affect FOLDER/bids FOLDER/derivatives participant
-group`` with the demo's analyses, and prints where the outputs are.
+group`` with the demo's analyses; the group level ends with a table of each
+subject's decoders (balanced accuracy, chance level, permutation p), and the
+demo prints where the outputs are.
 """
 
 from __future__ import annotations
@@ -53,10 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     code = bids_affect_main([str(root), str(output), "participant", "group",
                              "-w", str(folder / "work"), *DEMO_ARGUMENTS, *args.extra])
     if code == 0:
-        tables = sorted((output / "group").glob("*_withinsubject.tsv"))
         print(f"bids_affect-demo: outputs in {output}")
-        for table in tables:
-            print(f"  {table.relative_to(folder)}")
+        print(f"bids_affect-demo: open {output / 'sub-01.html'} first (the group's: "
+              f"{output / 'group.html'})")
     return code
 
 

@@ -42,6 +42,8 @@ class FoldPredictions:
     fold: np.ndarray           # (n_samples,) fold of each sample
     estimators: list[Any] = field(default_factory=list)
     folds: list[dict[str, Any]] = field(default_factory=list)
+    #: (n_samples, n_classes) decision values (NaN: a class the fold model lacks), or None.
+    decision: np.ndarray | None = None
 
 
 def _scores(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
@@ -61,6 +63,21 @@ def _scores(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
     return full
 
 
+def _decisions(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Decision values in the order ``0..n_classes-1`` (a class the model lacks: NaN).
+
+    A binary decoder's single value ``d`` (the second class's score minus the
+    first's) counts as ``[-d, d]``, as :func:`softmax_of_decision` reads it.
+    """
+    present = np.asarray(estimator.classes_, int)
+    decision = np.asarray(estimator.decision_function(X), dtype=np.float64)
+    if decision.ndim == 1:
+        decision = np.column_stack([-decision, decision])
+    full = np.full((len(X), n_classes), np.nan)
+    full[:, present] = decision
+    return full
+
+
 def _class_names(codes: Sequence[int], class_names: Sequence[str] | None) -> list:
     return [str(class_names[c]) for c in codes] if class_names else [int(c) for c in codes]
 
@@ -70,7 +87,7 @@ def cross_validate(make_estimator: Callable[[int, int], Any], X: np.ndarray, y: 
                    runs: np.ndarray | None = None, fold_names: Sequence[str] | None = None,
                    keep_estimators: bool = True, fit_groups: bool = False,
                    class_names: Sequence[str] | None = None,
-                   warn: bool = True) -> FoldPredictions:
+                   warn: bool = True, decisions: bool = False) -> FoldPredictions:
     """Fit a fresh estimator per fold and predict its test samples.
 
     Parameters
@@ -89,6 +106,8 @@ def cross_validate(make_estimator: Callable[[int, int], Any], X: np.ndarray, y: 
         Run of each sample, passed to ``fit`` as ``groups`` when ``fit_groups``.
     class_names : sequence of str, optional
         Name of each class index, for the fold records and warnings.
+    decisions : bool
+        Also keep each test sample's decision values (``decision``).
 
     A class absent from a fold's training samples cannot be predicted by that
     fold's model: its probability is 0 and its test samples count as errors
@@ -101,7 +120,8 @@ def cross_validate(make_estimator: Callable[[int, int], Any], X: np.ndarray, y: 
     n = len(y)
     proba = np.zeros((n, n_classes))
     fold_of = np.full(n, -1)
-    result = FoldPredictions(proba, np.zeros(n, int), fold_of)
+    result = FoldPredictions(proba, np.zeros(n, int), fold_of,
+                             decision=np.full((n, n_classes), np.nan) if decisions else None)
     for k, (train, test) in enumerate(splits):
         absent = sorted(set(range(n_classes)) - set(np.unique(y[train]).tolist()))
         name = fold_names[k] if fold_names is not None else f"fold-{k + 1}"
@@ -128,6 +148,8 @@ def cross_validate(make_estimator: Callable[[int, int], Any], X: np.ndarray, y: 
                            "predict them and their test samples count as errors.",
                            name, _class_names(untrained, class_names))
         proba[test] = _scores(estimator, X[test], n_classes)
+        if result.decision is not None:
+            result.decision[test] = _decisions(estimator, X[test], n_classes)
         fold_of[test] = k
         result.folds.append({"fold": k + 1, "test": name, "n_train": int(len(train)),
                              "n_test": int(len(test)),

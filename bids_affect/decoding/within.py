@@ -232,7 +232,7 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
     started = time.perf_counter()
     fit = cross_validate(lambda k, n: make_estimator(k, n, f"fold-{k + 1}.pt"), X, y,
                          folds.splits, n_classes, runs=runs, fold_names=folds.names,
-                         fit_groups=spec.is_cnn, class_names=classes)
+                         fit_groups=spec.is_cnn, class_names=classes, decisions=True)
     fit_seconds = time.perf_counter() - started
     scores = decoding_metrics(y, fit.predicted, fit.proba, classes, fit.fold, fit.folds)
 

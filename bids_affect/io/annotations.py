@@ -513,7 +513,8 @@ def check_events(spec: LabelSpec, events: pd.DataFrame, path: Path | None = None
 
 @fill_doc
 def score_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes: int,
-                  start_time: float = 0.0, path: Path | None = None) -> pd.DataFrame:
+                  start_time: float = 0.0, path: Path | None = None,
+                  where: str | None = None) -> pd.DataFrame:
     """Each class's score per volume, read at ``t_i - hrf_lag`` (the step before labels).
 
     For a ``columns`` spec, a class's score is the largest agreement of its member
@@ -521,9 +522,16 @@ def score_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes
     it is 1 when an event of the class is active. Volumes where no annotation of a
     class is active, or whose read time falls before 0, hold NaN.
 
+    Logs a warning when the events hold no event at all (a header only: no volume
+    of the run can be labelled), and one naming the TSV lines of events that
+    start after the end of the run (``onset >= n_volumes * tr + start_time``).
+
     Parameters
     ----------
     %(run_events)s
+    where : str, optional
+        The subject and run, named with ``path`` in warnings (e.g.
+        ``"sub-01 task-movie_run-1"``).
 
     Returns
     -------
@@ -547,10 +555,15 @@ def score_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes
     """
     check_events(spec, events, path)
     _check_acquisition(tr, n_volumes, start_time, path)
+    if events.empty:
+        logger.warning("%s: the events file holds a header but no event, so none of the "
+                       "run's %d volumes is labelled; check that the annotations were "
+                       "exported for this run", _named(where, path), n_volumes)
     events = events.reset_index(drop=True)  # positions give TSV line numbers
     event_scores = _event_scores(events, spec)  # events x classes, NaN: does not score
     _warn_events_past_end(events.loc[event_scores.notna().any(axis=1)], tr=tr,
-                          n_volumes=n_volumes, start_time=start_time, path=path)
+                          n_volumes=n_volumes, start_time=start_time,
+                          where=_named(where, path))
     read_times = np.round(np.arange(n_volumes) * tr + start_time - spec.hrf_lag,
                           TIME_DECIMALS)
     onsets = np.round(events["onset"].to_numpy(float), TIME_DECIMALS)
@@ -606,8 +619,15 @@ def _event_scores(events: pd.DataFrame, spec: LabelSpec) -> pd.DataFrame:
     return pd.DataFrame(one_hot, index=events.index, columns=names)
 
 
+def _named(where: str | None, path: Path | None) -> str:
+    """What warnings about one run name: the subject and run, and the events file."""
+    if where is None:
+        return str(path) if path is not None else "events"
+    return where if path is None else f"{where} ({path})"
+
+
 def _warn_events_past_end(events: pd.DataFrame, *, tr: float, n_volumes: int,
-                          start_time: float, path: Path | None) -> None:
+                          start_time: float, where: str) -> None:
     run_end = round(n_volumes * tr + start_time, TIME_DECIMALS)
     past_end = events.loc[np.round(events["onset"].astype(float), TIME_DECIMALS) >= run_end]
     if past_end.empty:
@@ -617,7 +637,7 @@ def _warn_events_past_end(events: pd.DataFrame, *, tr: float, n_volumes: int,
     logger.warning("%s: %d event(s) start after the end of the run (%d volumes x TR %g s "
                    "+ StartTime %g s = %g s) and are never labelled: TSV lines %s; check "
                    "that the events belong to this run and that onsets are relative to its "
-                   "start", path if path is not None else "events", len(past_end),
+                   "start", where, len(past_end),
                    n_volumes, tr, start_time, run_end, lines)
 
 
@@ -666,17 +686,20 @@ def labels_from_scores(scores: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
 
 @fill_doc
 def label_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes: int,
-                  start_time: float = 0.0, path: Path | None = None) -> np.ndarray:
+                  start_time: float = 0.0, path: Path | None = None,
+                  where: str | None = None) -> np.ndarray:
     """The label of every volume of one run, by the rule in the module docstring.
 
-    Logs a warning naming the TSV lines of events that start after the end of the
-    run (``onset >= n_volumes * tr + start_time``). Equivalent to
+    Logs the warnings of :func:`score_volumes` (no event at all; events that
+    start after the end of the run). Equivalent to
     ``labels_from_scores(score_volumes(...), spec)``; call those two when the scores
     are wanted for :func:`check_labelled`.
 
     Parameters
     ----------
     %(run_events)s
+    where : str, optional
+        The subject and run, named with ``path`` in warnings.
 
     Returns
     -------
@@ -693,7 +716,7 @@ def label_volumes(events: pd.DataFrame, spec: LabelSpec, *, tr: float, n_volumes
     [None, None, 'calm', 'calm', 'calm', None]
     """
     scores = score_volumes(events, spec, tr=tr, n_volumes=n_volumes, start_time=start_time,
-                           path=path)
+                           path=path, where=where)
     return labels_from_scores(scores, spec)
 
 
@@ -776,7 +799,7 @@ def count_labels(labels_by_run: Mapping[str, np.ndarray],
 
 
 def drop_rare_classes(labels: np.ndarray, min_volumes: int,
-                      classes: Sequence[str] | None = None
+                      classes: Sequence[str] | None = None, *, where: str | None = None
                       ) -> tuple[np.ndarray, dict[str, int]]:
     """Unlabel the classes with fewer than ``min_volumes`` volumes (one subject's labels).
 
@@ -790,6 +813,8 @@ def drop_rare_classes(labels: np.ndarray, min_volumes: int,
         Fewest volumes a class needs.
     classes : sequence of str, optional
         Keep only these classes; one with fewer volumes (even none) is reported too.
+    where : str, optional
+        The subject, named in the warning (e.g. ``"sub-01"``).
 
     Returns
     -------
@@ -802,7 +827,7 @@ def drop_rare_classes(labels: np.ndarray, min_volumes: int,
     --------
     >>> import numpy as np
     >>> labels = np.array(["fear"] * 3 + ["love"] + [None], dtype=object)
-    >>> kept, dropped = drop_rare_classes(labels, min_volumes=2)
+    >>> kept, dropped = drop_rare_classes(labels, min_volumes=2, where="sub-01")
     >>> kept.tolist(), dropped
     (['fear', 'fear', 'fear', None, None], {'love': 1})
     """
@@ -814,9 +839,10 @@ def drop_rare_classes(labels: np.ndarray, min_volumes: int,
     dropped = {str(name): int(count) for name, count in counts.items() if count < min_volumes}
     if dropped:
         kept[pd.Series(kept, dtype=object).isin(list(dropped)).to_numpy()] = None
-        logger.warning("classes with fewer than %d labelled volumes are left out: %s",
-                       min_volumes, ", ".join(f"{name} ({count} volumes)"
-                                              for name, count in dropped.items()))
+        logger.warning("%sclasses with fewer than %d labelled volumes are left out: %s",
+                       f"{where}: " if where else "", min_volumes,
+                       ", ".join(f"{name} ({count} volumes)"
+                                 for name, count in dropped.items()))
     return kept, dropped
 
 
@@ -825,6 +851,10 @@ def check_labelled(labels_by_run: Mapping[str, np.ndarray], spec: LabelSpec,
                    scores_by_run: Mapping[str, pd.DataFrame] | None = None, *,
                    where: str | None = None) -> None:
     """Refuse a subject whose runs have no labelled volume at all, saying how far off it is.
+
+    When some volumes are labelled, a warning names the classes that label none
+    (the spec's classes, or for an identity ``trial_type`` spec the values found in
+    the events): the analyses leave such a class out.
 
     Parameters
     ----------
@@ -855,6 +885,7 @@ def check_labelled(labels_by_run: Mapping[str, np.ndarray], spec: LabelSpec,
     n_labelled = sum(int(pd.notna(pd.Series(labels, dtype=object)).sum())
                      for labels in labels_by_run.values())
     if n_labelled:
+        _warn_unlabelled_classes(labels_by_run, spec, scores_by_run, where)
         return
     n_volumes = sum(len(labels) for labels in labels_by_run.values())
     threshold = f", threshold {spec.threshold:g}" if spec.source == "columns" else ""
@@ -866,6 +897,22 @@ def check_labelled(labels_by_run: Mapping[str, np.ndarray], spec: LabelSpec,
     raise InputDataError(problem, path=where,
                          fix="check that the events belong to the runs, or use a spec with "
                              "a lower threshold or other columns (docs/labels.md)")
+
+
+def _warn_unlabelled_classes(labels_by_run: Mapping[str, np.ndarray], spec: LabelSpec,
+                             scores_by_run: Mapping[str, pd.DataFrame] | None,
+                             where: str | None) -> None:
+    """Warn about classes of the spec (or found in the events) that label no volume."""
+    expected = list(spec.classes)
+    for scores in (scores_by_run or {}).values():  # identity trial_type specs: values found
+        expected += [str(name) for name in scores.columns if str(name) not in expected]
+    found = {str(label) for labels in labels_by_run.values() for label in labels
+             if pd.notna(label)}
+    missing = [name for name in expected if name not in found]
+    if missing:
+        logger.warning("%sclass(es) with no labelled volume in %d run(s), left out of the "
+                       "analyses: %s (label spec %r)", f"{where}: " if where else "",
+                       len(labels_by_run), ", ".join(missing), spec.name)
 
 
 def _describe_scores(scores_by_run: Mapping[str, pd.DataFrame], spec: LabelSpec) -> str:

@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 
 from bids_affect.__about__ import __citation__, __code_url__, __version__
 from bids_affect.exceptions import OutputError, UsageError
@@ -104,21 +105,40 @@ OUTPUTS: dict[str, OutputKind] = {
     "group_decoding": OutputKind("decoding", ".tsv", "group", ("task", "desc")),
     "group_statmap": OutputKind("statmap", ".nii.gz", "group", ("task", "space", "desc"),
                                 {"stat": "t"}),
+    "group_figure": OutputKind("figure", None, "group/figures", ("task",)),
 }
 
-#: Non-standard outputs that the bids-validator must skip (``.bidsignore``): every
-#: file of these suffixes (data and JSON sidecar), and the app's own folders.
-BIDSIGNORE = (
-    "*_desc-labels_events.*",
-    *sorted({f"*_{kind.suffix}.*" for name, kind in OUTPUTS.items()
-             if name != "labels" and kind.folder != "."}),
-    "*.html",
-    "sub-*/models",
-    "sub-*/figures",
-    "sub-*/log",
-    "logs",
-    "group",
-)
+#: Kinds whose files live in folders the validator skips as a whole.
+_FOLDER_PATTERNS = {"models": "sub-*/models", "figures": "sub-*/figures", "group": "group",
+                    "group/figures": "group"}
+
+
+def bidsignore_patterns(kinds: Iterable[str]) -> list[str]:
+    """``.bidsignore`` lines for outputs of ``kinds`` (non-standard files), sorted.
+
+    Every file of a non-standard suffix is skipped (data and JSON sidecar), and
+    the app's own folders: run logs always, models, figures and the group
+    folder when those kinds are written.
+
+    Examples
+    --------
+    >>> bidsignore_patterns(["labels", "decoding", "model"])
+    ['*_decoding.*', '*_desc-labels_events.*', 'logs', 'sub-*/log', 'sub-*/models']
+    """
+    patterns = {"logs", "sub-*/log"}
+    for name in kinds:
+        kind = OUTPUTS[name]
+        if name == "labels":
+            patterns.add("*_desc-labels_events.*")
+        elif kind.folder in _FOLDER_PATTERNS:
+            patterns.add(_FOLDER_PATTERNS[kind.folder])
+        elif kind.folder == ".":
+            patterns.add(f"*{kind.extension}" if not kind.suffix else
+                         f"{kind.suffix}{kind.extension}")
+        else:
+            patterns.add(f"*_{kind.suffix}.*")
+    return sorted(patterns)
+
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -183,7 +203,7 @@ def output_path(output_dir: Path, kind: str, *, extension: str | None = None,
     if ext is None:
         raise UsageError(f"output {kind!r} needs an explicit extension")
     filename = "_".join(part for part in [*parts, suffix or spec.suffix] if part) + ext
-    if spec.folder in ("group", "."):
+    if spec.folder == "." or spec.folder.split("/")[0] == "group":
         return Path(output_dir) / spec.folder / filename
     return Path(output_dir) / f"sub-{values['subject']}" / spec.folder / filename
 
@@ -228,6 +248,32 @@ def find_outputs(output_dir: Path, kind: str) -> list[FoundOutput]:
         if all(entities.get(key) == value for key, value in spec.fixed.items()):
             found.append(FoundOutput(path, entities))
     return found
+
+
+def output_kind(path: Path, kinds: Iterable[str] | None = None) -> str | None:
+    """The kind of output a file is (one of ``kinds``, default all), or None.
+
+    Sidecars count as their data file's kind.
+
+    Examples
+    --------
+    >>> output_kind(Path("out/sub-01/func/sub-01_task-movie_desc-ridge_decoding.json"))
+    'decoding'
+    >>> output_kind(Path("out/sub-01/log/x/bids_affect.toml")) is None
+    True
+    """
+    path = Path(path)
+    entities = parse_entities(path.name)
+    for name in (OUTPUTS if kinds is None else kinds):
+        spec = OUTPUTS[name]
+        if spec.folder == "." or not path.parent.as_posix().endswith(spec.folder):
+            continue
+        # Figures carry their own suffix (umap, null...): every file of the folder counts.
+        named = spec.suffix == "figure" or path.name.split(".", 1)[0].endswith(
+            f"_{spec.suffix}")
+        if named and all(entities.get(key) == value for key, value in spec.fixed.items()):
+            return name
+    return None
 
 
 def sidecar_path(path: Path) -> Path:
@@ -332,10 +378,16 @@ def write_json(path: Path, content: Mapping[str, Any]) -> Path:
     return Path(path)
 
 
-def write_tsv(path: Path, table: pd.DataFrame) -> Path:
-    """Write a table as BIDS TSV (``n/a`` for missing values), atomically."""
+def write_tsv(path: Path, table: pd.DataFrame, significant: int | None = None) -> Path:
+    """Write a table as BIDS TSV (``n/a`` for missing values), atomically.
+
+    ``significant``: floats with that many significant digits (outputs); None
+    keeps every digit (work files that later steps read).
+    """
+    float_format = None if significant is None else f"%.{int(significant)}g"
     with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", lineterminator="\n")
+        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", lineterminator="\n",
+                     float_format=float_format)
     return Path(path)
 
 
@@ -393,13 +445,13 @@ def software_versions() -> dict[str, str]:
 
 
 def container_info() -> dict[str, str] | None:
-    """``{"Type": ..., "Tag": ...}`` when running inside a container, else None."""
+    """``{"Type": ..., "Tag": ...}`` when running inside a bids_affect image, else None.
+
+    As fMRIPrep does, only our own images say so: they set ``BIDS_AFFECT_CONTAINER``
+    (``docker`` or ``singularity``). Generic signs such as ``/.dockerenv`` are
+    not used: they mark any container (a CI runner, a sandbox), not ours.
+    """
     kind = os.environ.get("BIDS_AFFECT_CONTAINER")
-    if not kind:
-        if os.environ.get("APPTAINER_NAME") or os.environ.get("SINGULARITY_NAME"):
-            kind = "singularity"
-        elif Path("/.dockerenv").exists():
-            kind = "docker"
     if not kind:
         return None
     tag = os.environ.get("BIDS_AFFECT_CONTAINER_TAG", f"bidsaffect/bids_affect:{__version__}")
@@ -424,6 +476,108 @@ class SourceResolver:
         return path.as_posix()
 
 
+#: Significant digits of floats in output TSVs.
+TSV_SIGNIFICANT_DIGITS = 6
+
+#: BIDS column descriptions of the output tables, by column name.
+COLUMNS: dict[str, dict[str, Any]] = {
+    "onset": {"Description": "Time of the volume's acquisition from the start of the run "
+                             "(i * TR + StartTime)", "Units": "s"},
+    "duration": {"Description": "Duration of the volume (the repetition time)", "Units": "s"},
+    "trial_type": {"Description": "Emotion label of the volume (n/a: unlabelled or tied)"},
+    "volume": {"Description": "Index of the volume in its run, from 0"},
+    "run": {"Description": "The run (its key: task, acquisition, run entities)"},
+    "true": {"Description": "The volume's label"},
+    "predicted": {"Description": "The class the fold model that did not see this run "
+                                 "predicted"},
+    "permutation": {"Description": "Permutation number, from 1"},
+    "balanced_accuracy": {"Description": "Mean recall over the classes present"},
+    "class": {"Description": "Emotion class"},
+    "sample": {"Description": "Row of the subject's labelled samples (decoding order)"},
+    "fold": {"Description": "Cross-validation fold, from 1 (the order of fold_scores in "
+                            "decoding.json)"},
+    "probability": {"Description": "Probability of the true class given by the fold model"},
+    "rank": {"Description": "Rank of the voxel, 1 = largest value"},
+    "i": {"Description": "Voxel index along the first axis of the statmap"},
+    "j": {"Description": "Voxel index along the second axis of the statmap"},
+    "k": {"Description": "Voxel index along the third axis of the statmap"},
+    "x": {"Description": "World coordinate of the voxel (the statmap's affine)", "Units": "mm"},
+    "y": {"Description": "World coordinate of the voxel (the statmap's affine)", "Units": "mm"},
+    "z": {"Description": "World coordinate of the voxel (the statmap's affine)", "Units": "mm"},
+    "value": {"Description": "The statmap's value at the voxel"},
+    "atlas": {"Description": "Atlas that labelled the voxel (none in native space)"},
+    "region": {"Description": "Atlas structure at the voxel"},
+    "spatial_1": {"Description": "First UMAP dimension of the voxels' coordinates"},
+    "spatial_2": {"Description": "Second UMAP dimension of the voxels' coordinates"},
+    "functional_1": {"Description": "First UMAP dimension of the voxels' occlusion values "
+                                    "across classes"},
+    "functional_2": {"Description": "Second UMAP dimension of the voxels' occlusion values "
+                                    "across classes"},
+    "rdm_a": {"Description": "First RDM of the pair (permuted by the Mantel test)"},
+    "rdm_b": {"Description": "Second RDM of the pair"},
+    "method": {"Description": "Correlation of the RDMs' upper triangles"},
+    "r": {"Description": "The correlation"},
+    "p": {"Description": "Mantel permutation p-value (one-sided, greater)"},
+    "n_permutations": {"Description": "Permutations behind p (k! when exact)"},
+    "exact": {"Description": "Whether every permutation was enumerated"},
+    "participant_id": {"Description": "The subject"},
+    "model": {"Description": "The decoder"},
+    "n_samples": {"Description": "Labelled volumes decoded"},
+    "n_classes": {"Description": "Classes decoded"},
+    "accuracy": {"Description": "Fraction of volumes predicted right"},
+    "chance_balanced_accuracy": {"Description": "Mean of the permutation null (chance level)"},
+    "null_low": {"Description": "2.5th percentile of the permutation null"},
+    "null_high": {"Description": "97.5th percentile of the permutation null"},
+    "p_permutation": {"Description": "Permutation p-value: (1 + #null >= observed) / "
+                                     "(1 + n_permutations)"},
+    "macro_auc": {"Description": "Mean over classes of the one-vs-rest ROC AUC"},
+    "random_split_balanced_accuracy": {
+        "Description": "Balanced accuracy on the peers' leaky random 80/20 split of volumes "
+                       "(leakage audit; inflated, reported for comparison only)"},
+    "alignment": {"Description": "Functional alignment of the cross-subject decoder"},
+}
+
+#: Descriptions of columns named after a class (``prob_fear``...), by prefix.
+COLUMN_PREFIXES: dict[str, str] = {
+    "prob_": "Predicted probability of class {name}",
+    "decision_": "Decision value of class {name} (a score, not a probability)",
+}
+
+
+def column_descriptions(columns: Iterable[str], classes: Iterable[str] = ()
+                        ) -> dict[str, dict[str, Any]]:
+    """BIDS sidecar entries for a table's columns (those this module knows).
+
+    Columns named after a class (a confusion matrix, an RDM, label counts) are
+    described as such when ``classes`` lists them.
+
+    Examples
+    --------
+    >>> column_descriptions(["onset", "prob_fear"])["prob_fear"]
+    {'Description': 'Predicted probability of class fear'}
+    """
+    known = set(map(str, classes))
+    entries: dict[str, dict[str, Any]] = {}
+    for column in map(str, columns):
+        if column in COLUMNS:
+            entries[column] = dict(COLUMNS[column])
+            continue
+        prefix = next((p for p in COLUMN_PREFIXES if column.startswith(p)), None)
+        if prefix is not None:
+            entries[column] = {"Description": COLUMN_PREFIXES[prefix].format(
+                name=column[len(prefix):])}
+        elif column in known:
+            entries[column] = {"Description": f"Class {column}"}
+    return entries
+
+
+def _output_table(data: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    """A table to write as an output: a DataFrame, or a finished TSV read back."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    return pd.read_csv(data, sep="\t", keep_default_na=False, na_values=["n/a"])
+
+
 def sidecar(*, parameters: Mapping[str, Any] | None = None, seed: int | None = None,
             sources: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     """Standard sidecar content: extra fields, parameters, seed, versions, sources."""
@@ -437,17 +591,24 @@ def sidecar(*, parameters: Mapping[str, Any] | None = None, seed: int | None = N
     return content
 
 
-def write_with_sidecar(path: Path, data: Any, metadata_: Mapping[str, Any]) -> Path:
+def write_with_sidecar(path: Path, data: Any, metadata_: Mapping[str, Any],
+                       classes: Iterable[str] = ()) -> Path:
     """Write a data file and its JSON sidecar (sidecar first, data last).
 
     ``data`` is a DataFrame (TSV), a nibabel image (NIfTI), or a path to a
-    finished file to copy. The data file is written last, so its presence
+    finished file to copy. A table (``.tsv``) is written with
+    :data:`TSV_SIGNIFICANT_DIGITS` significant digits, and its sidecar
+    describes its columns (:func:`column_descriptions`; ``classes`` names the
+    columns that are classes). The data file is written last, so its presence
     means the pair is complete.
     """
     path = Path(path)
+    if path.name.endswith(".tsv"):
+        table = _output_table(data)
+        write_json(sidecar_path(path), {**column_descriptions(table.columns, classes),
+                                        **metadata_})
+        return write_tsv(path, table, significant=TSV_SIGNIFICANT_DIGITS)
     write_json(sidecar_path(path), metadata_)
-    if isinstance(data, pd.DataFrame):
-        return write_tsv(path, data)
     if hasattr(data, "to_filename"):
         return write_nifti(path, data)
     if isinstance(data, (str, os.PathLike)):
@@ -459,15 +620,19 @@ def write_with_sidecar(path: Path, data: Any, metadata_: Mapping[str, Any]) -> P
 
 
 def dataset_description(source_dir: Path | None = None,
-                        links: Mapping[str, Path] | None = None) -> dict[str, Any]:
-    """Content of ``dataset_description.json`` for the derivatives dataset."""
+                        links: Mapping[str, Path] | None = None,
+                        analyses: Sequence[str] = ()) -> dict[str, Any]:
+    """Content of ``dataset_description.json`` for the derivatives dataset.
+
+    ``analyses`` (those whose outputs the dataset holds) make its ``Name``.
+    """
     generated_by: dict[str, Any] = {"Name": "bids_affect", "Version": __version__,
                                     "CodeURL": __code_url__}
     container = container_info()
     if container:
         generated_by["Container"] = container
     description: dict[str, Any] = {
-        "Name": "bids_affect: emotion decoding and encoding derivatives",
+        "Name": _dataset_name(analyses),
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": [generated_by],
@@ -484,6 +649,24 @@ def dataset_description(source_dir: Path | None = None,
         description["DatasetLinks"] = {name: Path(p).absolute().as_uri()
                                        for name, p in links.items()}
     return description
+
+
+_NAME_PREFIX = "bids_affect outputs"
+
+
+def _dataset_name(analyses: Sequence[str]) -> str:
+    """``bids_affect outputs: labels, decoding, rsa`` (what the dataset holds)."""
+    return f"{_NAME_PREFIX}: {', '.join(['labels', *analyses])}"
+
+
+def _recorded_analyses(output_dir: Path) -> list[str]:
+    """Analyses an existing dataset's ``Name`` lists (for a later run to add to)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        name = json.loads((Path(output_dir) / "dataset_description.json").read_text())["Name"]
+        if name.startswith(_NAME_PREFIX + ": "):
+            return [item for item in name[len(_NAME_PREFIX) + 2:].split(", ")
+                    if item and item != "labels"]
+    return []
 
 
 def citation_text(methods: str = "") -> str:
@@ -561,14 +744,34 @@ def foreign_dataset(output_dir: Path) -> str | None:
 
 
 def init_derivatives(output_dir: Path, source_dir: Path | None = None,
-                     links: Mapping[str, Path] | None = None, methods: str = "") -> None:
-    """Create the derivatives dataset's top-level files (safe for concurrent jobs).
+                     links: Mapping[str, Path] | None = None, methods: str | None = "",
+                     analyses: Sequence[str] = (), kinds: Iterable[str] = ()) -> None:
+    """Create or update the derivatives dataset's top-level files (safe for concurrent jobs).
 
-    Every job writes the same content with atomic renames, so participant jobs
-    started at once on one ``output_dir`` leave a consistent dataset.
+    ``dataset_description.json`` names the analyses the dataset holds and
+    ``.bidsignore`` lists the non-standard files it holds: this run's
+    (``analyses``, output ``kinds``) added to those of earlier runs into the same
+    folder. ``logs/CITATION.md`` gets ``methods`` (None leaves an existing one
+    as it is: the group level does not rewrite the participant level's methods).
+    Jobs sharing ``output_dir`` update the files under a lock, with atomic renames.
     """
     output_dir = check_writable_dir(output_dir)
     remove_stale_temporaries(output_dir)
-    write_json(output_dir / "dataset_description.json", dataset_description(source_dir, links))
-    write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
-    write_text(output_dir / "logs" / "CITATION.md", citation_text(methods))
+    with FileLock(str(_lock_path(output_dir)), timeout=600):
+        previous = _recorded_analyses(output_dir)
+        every = [*previous, *(name for name in analyses if name not in previous)]
+        write_json(output_dir / "dataset_description.json",
+                   dataset_description(source_dir, links, every))
+        ignored = output_dir / ".bidsignore"
+        existing = ignored.read_text().split() if ignored.is_file() else []
+        patterns = sorted({*existing, *bidsignore_patterns(["labels", *kinds])})
+        write_text(ignored, "\n".join(patterns) + "\n")
+        citation = output_dir / "logs" / "CITATION.md"
+        if methods is not None or not citation.is_file():
+            write_text(citation, citation_text(methods or ""))
+
+
+def _lock_path(output_dir: Path) -> Path:
+    """The lock of the dataset-level files (in ``logs/``, which the validator skips)."""
+    (Path(output_dir) / "logs").mkdir(parents=True, exist_ok=True)
+    return Path(output_dir) / "logs" / ".dataset.lock"

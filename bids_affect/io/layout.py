@@ -22,8 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import math
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +36,11 @@ import nibabel as nib
 from filelock import FileLock
 
 from bids_affect.exceptions import (
+    BidsAffectError,
     InputDataError,
     InputMissingError,
     NoDataSelected,
+    OutputError,
     UsageError,
 )
 from bids_affect.io.files import read_settings_file
@@ -50,6 +57,18 @@ TR_TOLERANCE = 0.01
 
 _CONTAINER_HINT = ("if you run a container, check that bids_dir is mounted "
                    "(docker -v /data:/data:ro; singularity -B /data)")
+
+#: Sidecar keys that time the volumes, read by :func:`check_timing`.
+TIMING_KEYS = ("RepetitionTime", "StartTime", "SliceTiming")
+
+#: Top-level folders pybids does not index by default (``bids.layout.validation``), plus
+#: ``derivatives`` (indexed as datasets of their own); hidden names are never indexed.
+_NOT_INDEXED = frozenset({"code", "models", "sourcedata", "stimuli", "derivatives"})
+
+#: What bids_affect writes into ``--bids-database-dir`` beside pybids' index.
+_DATABASE_FILE = "layout_index.sqlite"  # pybids' name (bids.layout.db)
+_FINGERPRINT_FILE = "bids_affect_index.json"
+_LOCK_FILE = "bids_affect.lock"
 
 
 @dataclass(frozen=True)
@@ -113,17 +132,68 @@ class RunRecord:
         return cls(**values)
 
 
+_EMPTY_LABEL_FIX = ("give labels such as 01 or sub-01, or leave the option out to process "
+                    "every participant")
+
+
 def strip_subject_prefix(labels: Sequence[str] | None) -> list[str] | None:
     """Participant labels without ``sub-`` (the only place labels are normalised).
+
+    Raises
+    ------
+    UsageError
+        A label that is empty once ``sub-`` is removed (exit 64): an empty label
+        must not select every subject.
 
     Examples
     --------
     >>> strip_subject_prefix(["sub-01", "02"])
     ['01', '02']
-    """
+    >>> strip_subject_prefix(["01", "sub-"])
+    Traceback (most recent call last):
+    ...
+    bids_affect.exceptions.UsageError: participant_label: label 'sub-' is empty; fix: give labels such as 01 or sub-01, or leave the option out to process every participant
+    """  # noqa: E501
     if labels is None:
         return None
-    return [label[4:] if label.startswith("sub-") else label for label in labels]
+    stripped = [label[4:] if label.startswith("sub-") else label for label in labels]
+    for given, label in zip(labels, stripped):
+        if not label.strip():
+            raise UsageError(f"label {given!r} is empty", path="participant_label",
+                             fix=_EMPTY_LABEL_FIX)
+    return stripped
+
+
+def check_selection_labels(labels: Sequence[str] | str | None, parameter: str) -> None:
+    """Refuse a selection given but empty (``[]``): it would otherwise select everything.
+
+    Parameters
+    ----------
+    labels : sequence of str, str or None
+        The labels given; None means "not given" (everything is selected).
+    parameter : str
+        The parameter named in the message (the command line shows its flag).
+
+    Raises
+    ------
+    UsageError
+        ``labels`` is empty or holds an empty label (exit 64).
+
+    Examples
+    --------
+    >>> check_selection_labels(None, "session_label")
+    >>> check_selection_labels([], "session_label")
+    Traceback (most recent call last):
+    ...
+    bids_affect.exceptions.UsageError: session_label: was given without a label (an empty value); fix: give at least one label, or leave the option out to select everything
+    """  # noqa: E501
+    if labels is None:
+        return
+    items = [labels] if isinstance(labels, str) else list(labels)
+    if not items or not all(str(item).strip() for item in items):
+        raise UsageError("was given without a label (an empty value)", path=parameter,
+                         fix="give at least one label, or leave the option out to select "
+                             "everything")
 
 
 def check_bids_dir(bids_dir: Path) -> Path:
@@ -161,11 +231,52 @@ def load_layout(bids_dir: Path, derivatives: Mapping[str, Path] | None = None,
                 database_dir: Path | None = None):
     """Index ``bids_dir`` (and derivatives) with pybids; reuse ``database_dir``.
 
-    With ``database_dir``, the first job indexes and saves the database while
-    holding a file lock; later jobs (or jobs started at the same time) wait for
-    the lock and load the saved index instead of indexing again.
+    With ``database_dir`` (``--bids-database-dir``), the first job indexes and
+    saves the database while holding a file lock; later jobs (or jobs started at
+    the same time) wait for the lock and load the saved index instead of
+    indexing again. The database is a cache that is rebuilt, with one warning
+    line saying why, when it is not current: it indexes another dataset or other
+    derivatives, the dataset changed since it was indexed (a file added, removed
+    or modified: a fingerprint of names, sizes and modification times is saved
+    beside the index), it cannot be read (corrupt), or an earlier indexing was
+    interrupted. Rebuilding rather than refusing a corrupt database is deliberate:
+    the index holds nothing that bids_dir does not, so rebuilding loses nothing.
+
+    Parameters
+    ----------
+    bids_dir : pathlib.Path
+        The raw BIDS dataset.
+    derivatives : mapping of str to pathlib.Path, optional
+        Derivative datasets to index too (fMRIPrep outputs), by name.
+    database_dir : pathlib.Path, optional
+        Folder of a pybids database to reuse or create.
+
+    Returns
+    -------
+    bids.BIDSLayout
+
+    Raises
+    ------
+    InputMissingError
+        ``bids_dir`` or a derivatives folder is not a dataset (exit 66).
+    InputDataError
+        pybids cannot index the dataset, e.g. a JSON sidecar that is not valid
+        JSON or not an object (exit 65, naming the file).
+    OutputError
+        ``database_dir`` cannot be created or written (exit 73).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from bids_affect.datasets import make_synthetic_dataset
+    >>> root = make_synthetic_dataset(tempfile.mkdtemp(), n_subjects=1, n_runs=1,
+    ...                               n_volumes=10, shape=(6, 7, 6))
+    >>> database = Path(tempfile.mkdtemp()) / "db"
+    >>> load_layout(root, database_dir=database).get_subjects()
+    ['01']
+    >>> sorted(p.name for p in database.iterdir())  # doctest: +NORMALIZE_WHITESPACE
+    ['bids_affect.lock', 'bids_affect_index.json', 'layout_index.sqlite']
     """
-    from bids import BIDSLayout
     from bids.exceptions import BIDSValidationError
 
     bids_dir = check_bids_dir(bids_dir)
@@ -175,37 +286,194 @@ def load_layout(bids_dir: Path, derivatives: Mapping[str, Path] | None = None,
             raise InputMissingError(
                 f"derivatives '{name}' have no dataset_description.json", path=path,
                 fix="give the root folder of an fMRIPrep output with -d NAME=PATH")
-
-    def build(reset: bool = False):
-        return BIDSLayout(
-            bids_dir,
-            validate=True,
-            derivatives=[str(p) for p in derivative_paths.values()] or False,
-            database_path=None if database_dir is None else str(database_dir),
-            reset_database=reset,
-        )
-
+    roots = [bids_dir, *derivative_paths.values()]
     try:
         if database_dir is None:
-            return build()
-        database_dir = Path(database_dir).absolute()
-        database_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(database_dir / "bids_affect.lock"), timeout=3600):
-            layout = build()
-            if not _database_matches(layout, bids_dir, derivative_paths):
-                LOGGER.warning("The database in %s indexes another dataset or other "
-                               "derivatives; indexing %s again.", database_dir, bids_dir)
-                layout = build(reset=True)
-            return layout
+            return _index(bids_dir, derivative_paths, None)
+        return _load_database(bids_dir, derivative_paths, Path(database_dir).absolute())
+    except BidsAffectError:
+        raise
     except BIDSValidationError as err:
         raise InputDataError(f"pybids cannot index the dataset ({err})", path=bids_dir,
                              fix="run the bids-validator and correct the dataset") from err
+    except (OSError, ValueError, TypeError) as err:
+        # pybids fails on a sidecar it cannot parse with a bare OSError or TypeError that
+        # does not say which file: find it, and name it.
+        problem = _malformed_json(roots)
+        if problem is None:
+            raise
+        path, what = problem
+        raise InputDataError(f"JSON file {what}", path=path,
+                             fix="correct the file (a JSON object of metadata; check it "
+                                 "with the bids-validator)") from err
+
+
+def _index(bids_dir: Path, derivatives: Mapping[str, Path], database_dir: Path | None,
+           reset: bool = False):
+    from bids import BIDSLayout
+
+    return BIDSLayout(bids_dir, validate=True,
+                      derivatives=[str(p) for p in derivatives.values()] or False,
+                      database_path=None if database_dir is None else str(database_dir),
+                      reset_database=reset)
+
+
+def _load_database(bids_dir: Path, derivatives: Mapping[str, Path], database_dir: Path):
+    """Load the pybids database in ``database_dir``, or (re)build it when it is not current."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bids_affect.io.derivatives import check_writable_dir
+
+    check_writable_dir(database_dir, "BIDS database directory")
+    roots = [bids_dir, *derivatives.values()]
+    try:
+        lock = FileLock(str(database_dir / _LOCK_FILE), timeout=3600)
+        lock.acquire()
+    except OSError as err:
+        raise OutputError(f"cannot lock the BIDS database directory ({err.strerror or err})",
+                          path=database_dir,
+                          fix="choose a writable --bids-database-dir or fix its "
+                              "permissions") from err
+    try:
+        fingerprint = dataset_fingerprint(roots, exclude=[database_dir])
+        if not (database_dir / _DATABASE_FILE).exists():
+            return _rebuild(bids_dir, derivatives, database_dir, fingerprint, reason=None)
+        reason = _fingerprint_change(database_dir / _FINGERPRINT_FILE, fingerprint)
+        if reason is None:
+            try:
+                layout = _index(bids_dir, derivatives, database_dir)
+            except (SQLAlchemyError, sqlite3.DatabaseError) as err:
+                reason = f"it cannot be read ({type(err).__name__}: corrupt or not a database)"
+            else:
+                if _database_matches(layout, bids_dir, derivatives):
+                    return layout
+                reason = "it indexes another dataset or other derivatives"
+        return _rebuild(bids_dir, derivatives, database_dir, fingerprint, reason)
+    finally:
+        lock.release()
+
+
+def _rebuild(bids_dir: Path, derivatives: Mapping[str, Path], database_dir: Path,
+             fingerprint: Mapping[str, Any], reason: str | None):
+    """Index from scratch into ``database_dir``; save the fingerprint once indexing is done."""
+    from bids_affect.io.derivatives import write_json
+
+    if reason is not None:
+        LOGGER.warning("The BIDS database in %s is not used: %s; indexing %s again.",
+                       database_dir, reason, bids_dir)
+    # No fingerprint while indexing: an interrupted index is never taken as current.
+    for path in (database_dir / _FINGERPRINT_FILE, *_database_files(database_dir)):
+        path.unlink(missing_ok=True)
+    layout = _index(bids_dir, derivatives, database_dir, reset=True)
+    write_json(database_dir / _FINGERPRINT_FILE, fingerprint)
+    return layout
+
+
+def _database_files(database_dir: Path) -> list[Path]:
+    """pybids' index files: the dataset's, and one per derivatives folder below it."""
+    return [path for pattern in (_DATABASE_FILE, f"*/{_DATABASE_FILE}")
+            for name in (pattern, f"{pattern}-journal") for path in database_dir.glob(name)]
 
 
 def _database_matches(layout, bids_dir: Path, derivatives: Mapping[str, Path]) -> bool:
     indexed = {Path(d.root).resolve() for d in layout.derivatives.values()}
     wanted = {Path(p).resolve() for p in derivatives.values()}
     return Path(layout.root).resolve() == bids_dir.resolve() and indexed == wanted
+
+
+def _dataset_files(root: Path, exclude: Sequence[Path] = ()) -> Iterator[Path]:
+    """Files pybids may index under ``root``: not hidden, not in its ignored top folders."""
+    excluded = {Path(p).absolute() for p in exclude}
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        here = Path(folder)
+        subfolders[:] = sorted(
+            name for name in subfolders if not name.startswith(".")
+            and not (here == root and name in _NOT_INDEXED) and here / name not in excluded)
+        yield from (here / name for name in sorted(files) if not name.startswith("."))
+
+
+def dataset_fingerprint(roots: Sequence[Path], exclude: Sequence[Path] = ()
+                        ) -> dict[str, Any]:
+    """Name, size and modification time of every file pybids may index under ``roots``.
+
+    Two fingerprints are equal when no such file was added, removed or modified
+    (a database indexed at the first is then current for the second).
+
+    Parameters
+    ----------
+    roots : sequence of pathlib.Path
+        The raw dataset and the derivatives indexed with it.
+    exclude : sequence of pathlib.Path
+        Folders to leave out (the database folder itself).
+
+    Returns
+    -------
+    dict
+        ``{"roots": {root: {relative path: [size, mtime_ns]}}}`` (JSON-ready).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "sub-01").mkdir(), (root / "sub-01" / "a.json").write_text("{}")
+    >>> _ = (root / "sourcedata").mkdir(), (root / "sourcedata" / "x.dcm").write_text("")
+    >>> list(dataset_fingerprint([root])["roots"][str(root)])
+    ['sub-01/a.json']
+    """
+    listing = {}
+    for root in roots:
+        root = Path(root).absolute()
+        files = {}
+        for path in _dataset_files(root, exclude):
+            try:
+                stat = path.stat()
+            except OSError:  # a broken link (e.g. a DataLad file not fetched)
+                stat = path.lstat()
+            files[path.relative_to(root).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+        listing[str(root)] = files
+    return {"roots": listing}
+
+
+def _fingerprint_change(saved: Path, current: Mapping[str, Any]) -> str | None:
+    """Why the index fingerprinted in ``saved`` is not current, or None when it is."""
+    try:
+        old = json.loads(saved.read_text(encoding="utf-8"))["roots"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it has no bids_affect fingerprint (made by another tool, or indexing was " \
+               "interrupted)"
+    new = current["roots"]
+    if set(old) != set(new):
+        return "it indexes another dataset or other derivatives"
+    changes = []
+    for root, files in new.items():
+        before = old[root]
+        changes += [f"{name} added" for name in files if name not in before]
+        changes += [f"{name} removed" for name in before if name not in files]
+        changes += [f"{name} modified" for name in files
+                    if name in before and list(before[name]) != list(files[name])]
+    if not changes:
+        return None
+    more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+    return f"the dataset changed since it was indexed ({', '.join(changes[:3])}{more})"
+
+
+def _malformed_json(roots: Sequence[Path]) -> tuple[Path, str] | None:
+    """The first JSON file under ``roots`` that pybids cannot read, and what is wrong."""
+    for root in roots:
+        for path in _dataset_files(Path(root)):
+            if path.suffix != ".json":
+                continue
+            try:
+                content = json.loads(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                return path, "is not UTF-8 text"
+            except ValueError as err:
+                return path, f"is not valid JSON ({err})"
+            except OSError as err:
+                return path, f"cannot be read ({err.strerror or err})"
+            if not isinstance(content, dict):
+                return path, f"must hold a JSON object of metadata, not {_json_type(content)}"
+    return None
 
 
 def _to_pybids_query(filters: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,15 +492,70 @@ def _to_pybids_query(filters: Mapping[str, Any]) -> dict[str, Any]:
     return {key: convert(value) for key, value in filters.items()}
 
 
+@cache
+def bids_entities() -> tuple[str, ...]:
+    """The entities a query of the raw dataset may filter on (pybids' ``bids`` config).
+
+    Read from the configuration file of the installed pybids, so the list follows
+    its version.
+
+    Examples
+    --------
+    >>> {"subject", "session", "run", "suffix", "extension"} <= set(bids_entities())
+    True
+    """
+    config = resources.files("bids.layout").joinpath("config", "bids.json")
+    return tuple(entity["name"] for entity in json.loads(config.read_text("utf-8"))["entities"])
+
+
+def _valid_filter_value(value: Any) -> bool:
+    """A filter value pybids can take: text, a whole or real number, null, or a list of them."""
+    def scalar(item: Any) -> bool:
+        return item is None or isinstance(item, str) or (
+            isinstance(item, int | float) and not isinstance(item, bool)
+            and math.isfinite(item))
+
+    return scalar(value) or isinstance(value, list) and all(scalar(item) for item in value)
+
+
 def build_queries(bids_filters: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict]:
-    """Default queries updated with a BIDS filter file's content (fMRIPrep's format)."""
+    """Default queries updated with a BIDS filter file's content (fMRIPrep's format).
+
+    Raises
+    ------
+    UsageError
+        An unknown query, an entity pybids does not know, or a value that is not
+        text, a number, null, ``"*"`` or a list of them (exit 64). The messages
+        name the query and the entity; the fix lists the valid entities.
+
+    Examples
+    --------
+    >>> build_queries({"bold": {"session": "1", "run": [1, 2]}})["bold"]["run"]
+    [1, 2]
+    >>> build_queries({"bold": {"flavour": "vanilla"}})
+    Traceback (most recent call last):
+    ...
+    bids_affect.exceptions.UsageError: BIDS filter query 'bold': entity 'flavour' is unknown; fix: use pybids entities: subject, session, ...
+    """  # noqa: E501
     queries = {name: dict(query) for name, query in DEFAULT_QUERIES.items()}
     for name, query in (bids_filters or {}).items():
         if name not in queries:
             raise UsageError(f"BIDS filter query '{name}' is unknown",
                              fix=f"use one of {', '.join(queries)} as top-level keys")
         if not isinstance(query, Mapping):
-            raise UsageError(f"BIDS filter query '{name}' must be an object of entities")
+            raise UsageError(f"BIDS filter query '{name}' must be an object of entities",
+                             fix='write e.g. {"bold": {"session": "1"}}')
+        known = bids_entities()
+        for entity, value in query.items():
+            if entity not in known:
+                raise UsageError(f"BIDS filter query '{name}': entity {entity!r} is unknown",
+                                 fix=f"use pybids entities: {', '.join(known)}")
+            if not _valid_filter_value(value):
+                raise UsageError(
+                    f"BIDS filter query '{name}': entity {entity!r} has the value "
+                    f"{_as_json(value)}, which is not a filter value",
+                    fix='give text, a number, null (entity absent), "*" (entity present) '
+                        "or a list of them")
         queries[name].update(query)
     return queries
 
@@ -253,8 +576,9 @@ def load_filter_file(path: Path) -> dict[str, Any]:
 def select_subjects(layout, participant_label: Sequence[str] | None) -> list[str]:
     """Subjects to process; unknown labels raise :class:`InputMissingError` (66)."""
     available = sorted(layout.get_subjects())
+    check_selection_labels(participant_label, "participant_label")
     labels = strip_subject_prefix(participant_label)
-    if not labels:
+    if labels is None:
         if not available:
             raise NoDataSelected("the dataset has no subjects", path=layout.root,
                                  fix="check that bids_dir is the dataset's root")
@@ -278,6 +602,8 @@ def collect_runs(layout, participant_label: Sequence[str] | None = None,
     Raises :class:`NoDataSelected` (18) when the selection is empty.
     """
     subjects = select_subjects(layout, participant_label)
+    check_selection_labels(session_label, "session_label")
+    check_selection_labels(task, "task_id")
     query = dict(build_queries(bids_filters)["bold"])
     query["subject"] = subjects
     if session_label:
@@ -306,14 +632,18 @@ def _run_record(layout, bold, space: str | None) -> RunRecord:
     metadata = layout.get_metadata(bold.path)
     path = Path(bold.path)
     header = read_header(path)
-    tr = check_repetition_time(path, metadata, header)
+    try:
+        tr, start_time, slice_timing = check_timing(path, metadata, header)
+    except InputDataError:
+        # Name the JSON file that sets the bad value; looked up only now (it costs queries).
+        sources = {key: _metadata_source(layout, bold, key) for key in TIMING_KEYS}
+        check_timing(path, metadata, header, sources)
+        raise
     shape = check_bold_shape(path, header)
     record = dict(
         subject=entities["subject"], session=entities.get("session"), task=entities["task"],
         run=_as_int(entities.get("run")), raw_bold=path, bold=path, tr=tr,
-        n_volumes=shape[3], shape=shape,
-        start_time=float(metadata.get("StartTime", 0.0) or 0.0),
-        slice_timing=tuple(metadata["SliceTiming"]) if metadata.get("SliceTiming") else None,
+        n_volumes=shape[3], shape=shape, start_time=start_time, slice_timing=slice_timing,
         events=_find_events(layout, bold), entities=entities,
     )
     if space is not None:
@@ -354,13 +684,52 @@ def check_bold_shape(path: Path, header) -> tuple[int, ...]:
     return shape
 
 
-def check_repetition_time(path: Path, metadata: Mapping[str, Any], header) -> float:
-    """RepetitionTime from the sidecar, checked against the NIfTI header (1%)."""
+def check_repetition_time(path: Path, metadata: Mapping[str, Any], header,
+                          sidecar: Path | None = None) -> float:
+    """RepetitionTime from the sidecar: a positive number, within 1% of the NIfTI header.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The BOLD file.
+    metadata : mapping
+        Its sidecar metadata (BIDS inheritance applied).
+    header : nibabel header
+        Its NIfTI header.
+    sidecar : pathlib.Path, optional
+        The JSON file that sets RepetitionTime, named in messages (default: ``path``).
+
+    Returns
+    -------
+    float
+        The repetition time in seconds.
+
+    Raises
+    ------
+    InputDataError
+        RepetitionTime missing, not a number, not positive, or disagreeing with
+        the header (exit 65).
+
+    Examples
+    --------
+    >>> import nibabel as nib, numpy as np
+    >>> header = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4)).header
+    >>> header.set_zooms((2.0, 2.0, 2.0, 2.0))
+    >>> check_repetition_time(Path("bold.nii.gz"), {"RepetitionTime": 2.0}, header)
+    2.0
+    >>> check_repetition_time(Path("bold.nii.gz"), {"RepetitionTime": "two"}, header,
+    ...                       sidecar=Path("bold.json"))
+    Traceback (most recent call last):
+    ...
+    bids_affect.exceptions.InputDataError: bold.json: RepetitionTime must be a number of seconds, got "two" (text); fix: write it as a JSON number, e.g. "RepetitionTime": 2.0
+    """  # noqa: E501
+    path = Path(path)
     tr = metadata.get("RepetitionTime")
     if tr is None:
         raise InputDataError("RepetitionTime is missing from the BOLD sidecar", path=path,
                              fix="add RepetitionTime (seconds) to the JSON sidecar")
-    tr = float(tr)
+    where = sidecar or path
+    tr = sidecar_seconds(tr, "RepetitionTime", where, positive=True)
     zooms = header.get_zooms()
     if len(zooms) > 3 and zooms[3] > 0:
         units = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "sec"
@@ -368,9 +737,149 @@ def check_repetition_time(path: Path, metadata: Mapping[str, Any], header) -> fl
         if abs(header_tr - tr) > TR_TOLERANCE * tr:
             raise InputDataError(
                 f"RepetitionTime {tr} s in the sidecar disagrees with {header_tr} s in the "
-                "NIfTI header (more than 1%)", path=path,
+                f"NIfTI header of {path.name} (more than 1%)", path=where,
                 fix="correct the sidecar or the header (pixdim[4])")
     return tr
+
+
+def sidecar_seconds(value: Any, key: str, where: Path | str, *,
+                    positive: bool = False) -> float:
+    """A sidecar value in seconds: a finite JSON number (positive when asked).
+
+    Parameters
+    ----------
+    value : object
+        The value read from the JSON sidecar.
+    key : str
+        Its key, named in messages.
+    where : pathlib.Path or str
+        The sidecar, named in messages.
+    positive : bool, default False
+        Refuse 0 and negative values.
+
+    Raises
+    ------
+    InputDataError
+        Text, a list, an object, a boolean, NaN or infinity, or a value that is
+        not positive when ``positive`` (exit 65).
+
+    Examples
+    --------
+    >>> sidecar_seconds(0.5, "StartTime", "bold.json")
+    0.5
+    >>> sidecar_seconds(0, "RepetitionTime", "bold.json", positive=True)
+    Traceback (most recent call last):
+    ...
+    bids_affect.exceptions.InputDataError: bold.json: RepetitionTime 0 is invalid: it must be a positive number of seconds; fix: write the repetition time in seconds, e.g. "RepetitionTime": 2.0
+    """  # noqa: E501
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputDataError(f"{key} must be a number of seconds, got {_as_json(value)} "
+                             f"({_json_type(value)})", path=where,
+                             fix=f'write it as a JSON number, e.g. "{key}": '
+                                 f'{_EXAMPLE_SECONDS.get(key, 0.0)}')
+    if not math.isfinite(value) or positive and value <= 0:
+        must = "a positive" if positive else "a finite"
+        raise InputDataError(f"{key} {_as_json(value)} is invalid: it must be {must} number "
+                             "of seconds",
+                             path=where,
+                             fix=f"write the {_KEY_MEANING.get(key, key)} in seconds, e.g. "
+                                 f'"{key}": {_EXAMPLE_SECONDS.get(key, 0.0)}')
+    return float(value)
+
+
+_EXAMPLE_SECONDS = {"RepetitionTime": 2.0, "StartTime": 0.0}
+_KEY_MEANING = {"RepetitionTime": "repetition time", "StartTime": "start time"}
+
+
+def _as_json(value: Any, limit: int = 80) -> str:
+    """A value as its JSON file spells it (shortened), for messages."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_type(value: Any) -> str:
+    """How a value read from JSON is called in messages."""
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def check_timing(path: Path, metadata: Mapping[str, Any], header,
+                 sources: Mapping[str, Path | None] | None = None
+                 ) -> tuple[float, float, tuple[float, ...] | None]:
+    """RepetitionTime, StartTime (0 when absent) and SliceTiming of a BOLD run, checked.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The BOLD file.
+    metadata : mapping
+        Its sidecar metadata (BIDS inheritance applied).
+    header : nibabel header
+        Its NIfTI header.
+    sources : mapping of str to pathlib.Path, optional
+        The JSON file that sets each key, named in messages (default: ``path``).
+
+    Returns
+    -------
+    tr : float
+    start_time : float
+    slice_timing : tuple of float or None
+
+    Raises
+    ------
+    InputDataError
+        See :func:`check_repetition_time` and :func:`sidecar_seconds`; SliceTiming
+        must be a list of finite numbers >= 0 (exit 65).
+
+    Examples
+    --------
+    >>> import nibabel as nib, numpy as np
+    >>> header = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4)).header
+    >>> header.set_zooms((2.0, 2.0, 2.0, 2.0))
+    >>> check_timing(Path("bold.nii.gz"), {"RepetitionTime": 2, "SliceTiming": [0, 1]},
+    ...              header)
+    (2.0, 0.0, (0.0, 1.0))
+    """
+    sources = sources or {}
+
+    def where(key: str) -> Path:
+        return sources.get(key) or Path(path)
+
+    tr = check_repetition_time(path, metadata, header, sidecar=sources.get("RepetitionTime"))
+    start_time = metadata.get("StartTime")
+    start_time = 0.0 if start_time is None else sidecar_seconds(start_time, "StartTime",
+                                                               where("StartTime"))
+    slice_timing = metadata.get("SliceTiming")
+    if slice_timing is None:
+        return tr, start_time, None
+    if not isinstance(slice_timing, list) or not all(
+            not isinstance(t, bool) and isinstance(t, int | float) and math.isfinite(t)
+            and t >= 0 for t in slice_timing):
+        raise InputDataError(f"SliceTiming must be a list of times in seconds (numbers >= 0), "
+                             f"got {_as_json(slice_timing)}", path=where("SliceTiming"),
+                             fix="write one acquisition time per slice, e.g. "
+                                 '"SliceTiming": [0.0, 1.0, 0.5, 1.5], or remove the key')
+    return tr, start_time, tuple(float(t) for t in slice_timing) or None
+
+
+def _metadata_source(layout, bold, key: str) -> Path | None:
+    """The sidecar that sets ``key`` for ``bold``: the most specific applicable JSON holding it."""
+    for candidate in _applicable_files(layout, bold, suffix=bold.get_entities().get("suffix"),
+                                       extension=".json"):
+        try:
+            content = json.loads(Path(candidate).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(content, dict) and key in content:
+            return Path(candidate)
+    return None
 
 
 def _find_events(layout, bold) -> Path | None:
@@ -381,15 +890,33 @@ def _find_events(layout, bold) -> Path | None:
     entities, then the deeper folder), e.g. ``sub-01_task-movie_run-2_events.tsv``
     over a top-level ``task-movie_events.tsv``.
     """
+    applicable = _applicable_files(layout, bold, suffix="events", extension=".tsv")
+    return applicable[0] if applicable else None
+
+
+def _applicable_files(layout, bold, *, suffix: str | None, extension: str) -> list[Path]:
+    """Files of ``suffix`` and ``extension`` that apply to ``bold``, most specific first.
+
+    A candidate applies when each of its entities equals the BOLD's; more entities,
+    then a deeper folder, make it more specific (the BIDS inheritance principle).
+    """
     own = bold.get_entities()
     applicable = []
-    for candidate in layout.get(suffix="events", extension=".tsv", scope="raw",
+    for candidate in layout.get(suffix=suffix, extension=extension, scope="raw",
                                 task=own.get("task")):
         entities = {key: value for key, value in candidate.get_entities().items()
                     if key not in _NON_MATCHING_ENTITIES}
         if all(own.get(key) == value for key, value in entities.items()):
             applicable.append((len(entities), len(Path(candidate.path).parts), candidate.path))
-    return Path(max(applicable)[2]) if applicable else None
+    return [Path(path) for *_, path in sorted(applicable, reverse=True)]
+
+
+def _own_sidecar(path: Path) -> Path:
+    """The JSON file beside a NIfTI file (named in messages), or the file itself."""
+    name = Path(path).name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+    sidecar = Path(path).with_name(f"{stem}.json")
+    return sidecar if sidecar.is_file() else Path(path)
 
 
 #: Entities that do not decide whether a sidecar-like file applies to a BOLD run.
@@ -421,7 +948,8 @@ def _find_fmriprep_files(layout, entities: Mapping[str, Any], space: str,
     # fMRIPrep's slice-timing correction moves every slice to the time it records as
     # StartTime in the preprocessed BOLD's sidecar; that time, when given, labels volumes.
     start_time = layout.get_metadata(str(preproc_path)).get("StartTime")
-    found = {} if start_time is None else {"start_time": float(start_time)}
+    found = {} if start_time is None else {"start_time": sidecar_seconds(
+        start_time, "StartTime", _own_sidecar(preproc_path))}
     return {**found, "bold": preproc_path, "space": space, "shape": shape,
             "n_volumes": shape[3],
             "mask": Path(mask[0]) if mask else None,

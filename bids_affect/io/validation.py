@@ -22,6 +22,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,11 +50,26 @@ class ValidatorIssue:
 
 
 def find_validator() -> str | None:
-    """Path of the bids-validator executable, or None when it is not installed."""
-    for command in VALIDATOR_COMMANDS:
-        path = shutil.which(command)
-        if path:
-            return path
+    """Path of the bids-validator executable, or None when it is not installed.
+
+    The folder of the running Python comes first, then ``PATH``: the pip package
+    ``bids-validator-deno`` installs its command beside the interpreter of its
+    environment, which is not on ``PATH`` when ``bids_affect`` is called by its
+    full path (e.g. ``/opt/venv/bin/bids_affect``) without activating it. The
+    interpreter's path is not resolved: a virtual environment's ``python`` is a
+    link to the system's, whose folder holds another environment.
+
+    Examples
+    --------
+    >>> find_validator() is None or Path(find_validator()).name in VALIDATOR_COMMANDS
+    True
+    """
+    beside_python = str(Path(sys.executable).parent) if sys.executable else None
+    for folder in (beside_python, None):  # None: shutil.which searches PATH
+        for command in VALIDATOR_COMMANDS:
+            path = shutil.which(command, path=folder)
+            if path:
+                return path
     return None
 
 

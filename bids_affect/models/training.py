@@ -66,6 +66,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -724,7 +725,11 @@ class _Run:
         self.load_training_state(checkpoint)
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.stopper.load_state_dict(checkpoint["early_stopping"])
-        self.history = list(checkpoint["history"])
+        # Keys as the interned literals a fresh run's records use: pickle stores a string
+        # once per object, so loaded keys would make a resumed model file differ, byte
+        # for byte, from an uninterrupted one.
+        self.history = [{sys.intern(str(key)): value for key, value in record.items()}
+                        for record in checkpoint["history"]]
         self.epoch = int(checkpoint["epoch"])
 
     def finished(self, epochs: int) -> bool:

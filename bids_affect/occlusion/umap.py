@@ -42,19 +42,24 @@ def umap_settings(n_points: int, n_neighbors: int = UMAP_N_NEIGHBORS,
                   min_dist: float = UMAP_MIN_DIST) -> dict[str, Any]:
     """The UMAP parameters :func:`umap_embeddings` uses for ``n_points`` voxels (for sidecars).
 
-    ``n_neighbors`` is clipped to ``n_points - 1`` (at least 2); spectral
-    initialisation needs more points than neighbours + 2, random is used below.
+    ``n_neighbors`` is clipped to ``n_points - 1`` (at least 2). The layout
+    starts from the first 2 principal components of the features (UMAP's
+    ``init="pca"``), not from UMAP's default spectral layout: when the
+    neighbour graph falls into several components, as the top voxels of
+    occlusion maps often do, the spectral layout of umap-learn 0.5 differs
+    from one process to the next with the same seed (seen on one of the demo's
+    two subjects), and outputs must be reproducible.
 
     Examples
     --------
     >>> settings = umap_settings(12)
     >>> settings["n_neighbors"], settings["n_neighbors_used"], settings["init"]
-    (30, 11, 'random')
+    (30, 11, 'pca')
     """
     neighbours = int(max(2, min(n_neighbors, n_points - 1)))
     return {"n_neighbors": int(n_neighbors), "n_neighbors_used": neighbours,
             "min_dist": float(min_dist), "n_components": 2, "metric": "euclidean",
-            "init": "spectral" if n_points > neighbours + 2 else "random"}
+            "init": "pca"}
 
 
 def _embed(features: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> np.ndarray:

@@ -10,7 +10,7 @@ Every module works on numpy arrays; the analysis modules (:mod:`bids_affect.deco
 :mod:`bids_affect.rsa`, :mod:`bids_affect.occlusion`) call them.
 """
 
-from bids_affect.stats.mantel import MantelResult, kendall_tau_a, mantel
+from bids_affect.stats.mantel import MantelResult, kendall_tau_a
 from bids_affect.stats.permutation import (
     circular_shifts,
     draw_shifts,
@@ -18,5 +18,6 @@ from bids_affect.stats.permutation import (
     permutation_p_value,
 )
 
-__all__ = ["MantelResult", "circular_shifts", "draw_shifts", "kendall_tau_a", "mantel",
-           "null_summary", "permutation_p_value"]
+# The Mantel test itself is bids_affect.stats.mantel.mantel (the module keeps its name).
+__all__ = ["MantelResult", "circular_shifts", "draw_shifts", "kendall_tau_a", "null_summary",
+           "permutation_p_value"]

@@ -71,6 +71,28 @@ def decoder_settings(options: DecodingOptions, device: str, num_threads: int | N
             "batch_size": options.batch_size, "device": device, "num_threads": num_threads}
 
 
+def applied_settings(settings: Mapping[str, Any], scheme: str, cnn: bool) -> dict[str, Any]:
+    """The settings that shaped one decoder's results (what its sidecars record).
+
+    Blocked k-fold's folds and gap only when it ran; the CNN's training
+    settings only for a CNN; the permutation count the decoder used.
+
+    Examples
+    --------
+    >>> settings = decoder_settings(DecodingOptions(), "auto", None)
+    >>> applied_settings(settings, "loro", cnn=False)
+    {'cv': 'auto', 'cv_applied': 'loro', 'n_permutations': 1000}
+    """
+    applied = {"cv": settings["cv"], "cv_applied": scheme}
+    if scheme == "blocked":
+        applied.update(n_splits=settings["n_splits"], gap=settings["gap"])
+    applied["n_permutations"] = settings["n_permutations_cnn" if cnn else "n_permutations"]
+    if cnn:
+        applied.update({key: settings[key] for key in ("epochs", "batch_size", "device",
+                                                       "num_threads")})
+    return applied
+
+
 # --------------------------------------------------------------------------- steps
 
 
@@ -110,6 +132,8 @@ def decode_step(out_dir: Path, *, samples_dir: Path, model: str, settings: Mappi
         "predicted": [result.classes[k] for k in fit.predicted]})
     for k, name in enumerate(result.classes):
         predictions[f"prob_{name}"] = fit.proba[:, k]
+    for k, name in enumerate(result.classes):
+        predictions[f"decision_{name}"] = fit.decision[:, k]
     deriv.write_tsv(out_dir / "predictions.tsv", predictions)
     deriv.write_tsv(out_dir / "null.tsv", pd.DataFrame({
         "permutation": np.arange(1, len(result.null) + 1), "balanced_accuracy": result.null}))
@@ -146,6 +170,7 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
                         provenance: Mapping[str, Any]) -> None:
     """Write decoding.json, per-run predictions, confusion, null and the fold models."""
     from bids_affect.decoding import parse_decoder
+    from bids_affect.decoding.estimators import CLASS_PROBABILITIES
     from bids_affect.models.classifier import load_network_payload, publishable_network
 
     (decoding_dir,) = decoding_dirs
@@ -154,7 +179,9 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
     spec = parse_decoder(model)
     desc = deriv.desc_label(model)
     run_records = {run.key: run for run in records(runs)}
-    common = dict(parameters={"model": model, **metrics["settings"],
+    common = dict(parameters={"model": model,
+                              **applied_settings(metrics["settings"], metrics["cv"],
+                                                 spec.is_cnn),
                               "min_volumes": metrics["min_volumes"],
                               "cleaning": cleaning_parameters(samples_dir)},
                   seed=metrics["seed"],
@@ -165,16 +192,19 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
     deriv.write_json(deriv.output_path(output_dir, "decoding", subject=subject, task=task,
                                        desc=desc),
                      {**decoding_json, **deriv.sidecar(**common)})
-    prob_columns = [f"prob_{name}" for name in classes]
+    # Decoders without class probabilities (ridge, SVM) get their decision values,
+    # under their own name: their softmax would read as a probability and is not one.
+    prefix = "prob_" if spec.probabilities == CLASS_PROBABILITIES else "decision_"
+    score_columns = [f"{prefix}{name}" for name in classes]
     for key, rows in predictions.groupby("run", sort=False):
         run = run_records[key]
         path = deriv.output_path(output_dir, "predictions", subject=subject, task=task,
                                  desc=desc, **run_entities(run))
-        table = rows[["onset", "volume", "true", "predicted", *prob_columns]]
+        table = rows[["onset", "volume", "true", "predicted", *score_columns]]
         deriv.write_with_sidecar(path, table.reset_index(drop=True), deriv.sidecar(
             Description="Test-fold predictions (each volume predicted by the fold model "
                         "that did not see its run)",
-            Probabilities=spec.probabilities,
+            Scores=_SCORE_COLUMNS[prefix],
             **{**common, "sources": sources(provenance, [run.bold])}))
     confusion = pd.DataFrame(metrics["confusion_matrix"], columns=classes)
     confusion.insert(0, "true", classes)
@@ -204,6 +234,17 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
 
         with deriv.atomic_path(model_path) as tmp:
             joblib.dump([joblib.load(path) for path in folds], tmp)
+
+
+#: What the score columns of a predictions table hold, by prefix.
+_SCORE_COLUMNS = {
+    "prob_": "prob_CLASS: the fold model's predicted probability of each class",
+    "decision_": "decision_CLASS: the fold model's decision value of each class (a score "
+                 "that ranks samples, not a probability; n/a for a class the fold's "
+                 "training samples lacked; a binary decoder's value d counts as -d and d). "
+                 "macro_auc and per-class AUCs in decoding.json rank the softmax of these "
+                 "values",
+}
 
 
 def load_fold_networks(decoding_dir: Path, n_classes: int) -> list:

@@ -59,3 +59,20 @@ def group_withinsubject_step(out_dir: Path, *, output_dir: str,
                           sources=[deriv.SourceResolver({"": Path(output_dir)}).uri(i.path)
                                    for i in found if i.entities["task"] == task
                                    and i.entities["desc"] == desc]))
+
+
+def summary_table(output_dir: Path) -> str:
+    """Each subject's decoding scores, from the group tables: what the demo prints last.
+
+    A p-value can be no smaller than 1 / (permutations + 1): the table says
+    so where the permutations bound it above .05.
+    """
+    lines = [f"{'subject':<9}{'model':<17}{'bal. acc.':>10}{'chance':>9}{'p':>8}  note"]
+    for table in sorted((Path(output_dir) / "group").glob("*_withinsubject.tsv")):
+        for row in pd.read_csv(table, sep="\t").itertuples():
+            bound = 1 / (row.n_permutations + 1)
+            note = (f"p cannot go below {bound:.2f}: only {row.n_permutations} permutations"
+                    if bound > 0.05 else f"{row.n_permutations} permutations")
+            lines.append(f"{row.participant_id:<9}{row.model:<17}{row.balanced_accuracy:>10.3f}"
+                         f"{row.chance_balanced_accuracy:>9.3f}{row.p_permutation:>8.3f}  {note}")
+    return "\n".join(lines)

@@ -47,7 +47,8 @@ def labels_step(out_dir: Path, *, runs: Sequence[Mapping[str, Any]],
         events = read_events(run.events)
         check_events(spec, events, run.events)
         scores = score_volumes(events, spec, tr=run.tr, n_volumes=run.n_volumes,
-                               start_time=run.start_time, path=run.events)
+                               start_time=run.start_time, path=run.events,
+                               where=f"sub-{run.subject} {run.key}")
         labels = labels_from_scores(scores, spec)
         deriv.write_tsv(out_dir / f"{run.key}_labels.tsv",
                         labels_table(labels, tr=run.tr, start_time=run.start_time))

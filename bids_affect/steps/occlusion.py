@@ -157,7 +157,8 @@ def write_occlusion_step(out_dir: Path, *, decoding_dirs: Sequence[Path], sample
                                       "held-out samples of p(class) minus p(class) with a "
                                       "window occluded",
                           NumberOfSamples=info["n_samples"][name], Atlas=atlas,
-                          Occlusion=[without_timing(run) for run in info["info"]["runs"]],
+                          Occlusion=[{**without_timing(run), "fold": run["fold"] + 1}
+                                     for run in info["info"]["runs"]],
                           **common))
         deriv.write_with_sidecar(
             deriv.output_path(kind="occlusion_topk", contrast=label, **names),

@@ -7,11 +7,13 @@ reads the configuration; it passes explicit settings to the workflow factories.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import shutil
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,23 +65,6 @@ def plan_participants(runs: Sequence[RunRecord]) -> dict[tuple[str, str], list[R
     return plans
 
 
-def methods_boilerplate(config: Config) -> str:
-    """A short methods paragraph describing this run's settings."""
-    analysis, labels, cleaning = config.analysis, config.labels, config.cleaning
-    decoding = config.section("decoding")
-    high_pass = f"{cleaning.high_pass:.5f} Hz" if cleaning.high_pass else "no"
-    return (
-        f"Analyses were performed with bids_affect {__version__}. Each volume was labelled "
-        f"with the emotion annotation active at its acquisition time minus a haemodynamic lag "
-        f"(label spec '{labels.labels}'); unlabelled or tied volumes were excluded. BOLD runs "
-        f"were masked, linearly detrended={cleaning.detrend}, high-pass filtered ({high_pass}), "
-        f"cleaned of confounds ('{cleaning.confounds}') and z-scored per run with nilearn. "
-        f"Decoders ({', '.join(analysis.models)}) were evaluated with {decoding.cv} "
-        f"cross-validation (leave-one-run-out when several runs exist); significance was assessed with "
-        f"{decoding.n_permutations} permutations that circularly shift each run's label sequence, "
-        f"the chance level being the mean of that null distribution.")
-
-
 def _provenance(config: Config, links: dict[str, Path]) -> dict[str, Any]:
     return {"links": {name: str(path) for name, path in links.items()},
             "master_seed": int(config.seeds.master), "run_id": config.execution.run_id,
@@ -108,12 +93,92 @@ def check_output_location(output_dir: Path, input_dirs: Mapping[str, Path]) -> N
                          fix="choose an empty folder or a previous bids_affect output")
 
 
+def output_kinds(config: Config) -> list[str]:
+    """The output kinds a participant run writes (for ``.bidsignore``)."""
+    from bids_affect.analyses import ANALYSES
+    from bids_affect.boilerplate import decoded_models
+
+    kinds = ["labels", "label_counts"]
+    if decoded_models(config):
+        kinds.extend(ANALYSES["decoding"].outputs)
+    for name in config.analysis.analyses:
+        kinds.extend(ANALYSES[name].outputs)
+    return list(dict.fromkeys(kinds))
+
+
+class RunFiles:
+    """What a run created in ``output_dir`` and the work directory, to undo a failed start.
+
+    A run that fails before writing any analysis output removes the files and
+    folders it created (dataset files, its log, labels), so nothing looks
+    like a finished result; a run that wrote results keeps them, and a work
+    directory in which the workflow ran is kept for a rerun to resume from.
+    """
+
+    def __init__(self, output_dir: Path, work_dir: Path):
+        self.output_dir, self.work_dir = Path(output_dir), Path(work_dir)
+        self.before = self._files()
+        self.work_dir_existed = self.work_dir.exists()
+        self.workflow_started = False
+
+    def _files(self) -> set[Path]:
+        if not self.output_dir.is_dir():
+            return set()
+        return {path for path in self.output_dir.rglob("*") if path.is_file()}
+
+    def new_files(self) -> list[Path]:
+        """Files this run added to ``output_dir``."""
+        return sorted(self._files() - self.before)
+
+    def undo(self) -> None:
+        """Remove what a failed start created; say so."""
+        from bids_affect.analyses import ANALYSES
+
+        if not self.work_dir_existed and not self.workflow_started:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        created = self.new_files()
+        analysis_kinds = {kind for analysis in ANALYSES.values() for kind in analysis.outputs}
+        results = [path for path in created
+                   if derivatives.output_kind(path, analysis_kinds) is not None]
+        if results or not created:
+            return
+        for path in created:
+            path.unlink(missing_ok=True)
+        for folder in sorted({p.parent for p in created}, key=lambda p: -len(p.parts)):
+            while folder != self.output_dir.parent and folder.is_dir() and not any(
+                    folder.iterdir()) and folder not in self.before_folders:
+                folder.rmdir()
+                folder = folder.parent
+        LOGGER.warning("The run failed before writing any result: the %d file(s) it had "
+                       "created in %s were removed.", len(created), self.output_dir)
+
+    @property
+    def before_folders(self) -> set[Path]:
+        return {p.parent for p in self.before} | ({self.output_dir} if self.before else set())
+
+
 def run_bids_app(config: Config) -> None:
     """Run the levels asked for in ``config`` (already checked by the parser).
 
     Every input is checked (index, selection, validation, label spec) before
-    anything is written to ``output_dir``, so bad input leaves no trace there.
+    anything is written to ``output_dir``, so bad input leaves no trace there;
+    a problem found later, before any result was written, removes what the run
+    had created (:class:`RunFiles`).
     """
+    execution = config.execution
+    files = RunFiles(execution.output_dir, execution.work_dir)
+    try:
+        _run_levels(config, files)
+    except BaseException:
+        files.undo()
+        raise
+    if execution.clean_workdir:
+        clean_work_dir(execution.work_dir)
+    print(f"bids_affect: outputs in {execution.output_dir}")
+
+
+def _run_levels(config: Config, files: RunFiles) -> None:
+    from bids_affect.boilerplate import methods_boilerplate
     from bids_affect.io.layout import check_bids_dir, find_fmriprep_derivatives
 
     execution = config.execution
@@ -125,33 +190,175 @@ def run_bids_app(config: Config) -> None:
         bids_dir, exclude=[execution.output_dir])
     links = {"raw": bids_dir, **derivative_dirs}
     check_output_location(execution.output_dir, links)
-    methods = methods_boilerplate(config)
-    if execution.boilerplate_only:
-        derivatives.init_derivatives(execution.output_dir, bids_dir, links, methods=methods)
-        LOGGER.info("Methods boilerplate written to %s",
-                    execution.output_dir / "logs" / "CITATION.md")
-        return
-    derivatives.check_writable_dir(execution.work_dir, "work directory")
-    if "participant" in execution.analysis_level:
-        wf, subjects = prepare_participant_level(config, derivative_dirs, links)
-        derivatives.init_derivatives(execution.output_dir, bids_dir, links, methods=methods)
-        for subject in subjects:
-            log = derivatives.log_dir(execution.output_dir, subject, execution.run_id)
-            derivatives.write_text(log / "bids_affect.toml", config.to_toml())
-        run_workflow(wf, config)
-    if "group" in execution.analysis_level:
-        from bids_affect.steps.group import find_decoding_outputs
+    participant = "participant" in execution.analysis_level
+    if execution.reports_only:
+        from bids_affect.reports import build_reports
 
-        # 66 before any write
-        find_decoding_outputs(execution.output_dir, execution.participant_label)
-        if "participant" not in execution.analysis_level:  # else the participant level just did
-            derivatives.init_derivatives(execution.output_dir, bids_dir, links, methods=methods)
-        derivatives.write_text(derivatives.log_dir(execution.output_dir, None, execution.run_id)
-                               / "bids_affect.toml", config.to_toml())
+        for path in build_reports(execution.output_dir, execution.participant_label or None):
+            print(f"bids_affect: report {path}")
+        return
+    if execution.boilerplate_only:
+        derivatives.init_derivatives(execution.output_dir, bids_dir, links,
+                                     methods=methods_boilerplate(config))
+        citation = execution.output_dir / "logs" / "CITATION.md"
+        print(f"bids_affect: methods boilerplate written to {citation}")
+        return
+    if execution.bids_database_dir is not None:
+        derivatives.check_writable_dir(execution.bids_database_dir, "BIDS database directory",
+                                       create=False)
+    derivatives.check_writable_dir(execution.work_dir, "work directory")
+    with run_log(execution.work_dir, execution.run_id) as log_path:
+        if participant:
+            _participant_level(config, derivative_dirs, links, files, log_path)
+        if "group" in execution.analysis_level:
+            _group_level(config, links, files, log_path)
+
+
+def _participant_level(config: Config, derivative_dirs: dict[str, Path],
+                       links: dict[str, Path], files: RunFiles, log_path: Path) -> None:
+    from bids_affect.boilerplate import methods_boilerplate
+
+    execution = config.execution
+    wf, subjects = prepare_participant_level(config, derivative_dirs, links)
+    derivatives.init_derivatives(
+        execution.output_dir, execution.bids_dir, links, methods=methods_boilerplate(config),
+        analyses=config.analysis.analyses, kinds=[*output_kinds(config), "report", "figure"])
+    for subject in subjects:
+        log = derivatives.log_dir(execution.output_dir, subject, execution.run_id)
+        derivatives.write_text(log / "bids_affect.toml", config.to_toml())
+    files.workflow_started = True
+    try:
+        run_workflow(wf, config)
+    finally:
+        # As fMRIPrep: the log and the reports are written after a failure too.
+        copy_run_log(log_path, execution.output_dir, subjects, execution.run_id)
+        _reports(execution.output_dir, subjects, group=False)
+
+
+def _group_level(config: Config, links: dict[str, Path], files: RunFiles,
+                 log_path: Path) -> None:
+    from bids_affect.steps.group import find_decoding_outputs, summary_table
+
+    execution = config.execution
+    # 66 before any write
+    found = find_decoding_outputs(execution.output_dir, execution.participant_label)
+    group_config = participant_settings(config)
+    # The group level describes what the participant level ran; it never rewrites
+    # the participant level's methods (methods=None keeps logs/CITATION.md).
+    derivatives.init_derivatives(execution.output_dir, execution.bids_dir, links,
+                                 methods=None, kinds=["group_withinsubject", "group_report",
+                                                      "group_figure"])
+    derivatives.write_text(derivatives.log_dir(execution.output_dir, None, execution.run_id)
+                           / "bids_affect.toml", group_config.to_toml())
+    files.workflow_started = True
+    try:
         run_workflow(init_group_wf_from_config(config, links), config)
-    if execution.clean_workdir:
-        clean_work_dir(execution.work_dir)
-    print(f"bids_affect: outputs in {execution.output_dir}")
+    finally:
+        copy_run_log(log_path, execution.output_dir, [None], execution.run_id)
+    subjects = sorted({item.entities["subject"] for item in found})
+    _reports(execution.output_dir, subjects, group=True)
+    print(summary_table(execution.output_dir))
+
+
+def _reports(output_dir: Path, subjects: Sequence[str], group: bool) -> None:
+    """Write the HTML reports of ``subjects`` (and the group's), from the derivatives.
+
+    A report that cannot be built is a warning, never the run's failure.
+    """
+    from bids_affect.reports import build_group_report, build_subject_report
+
+    for subject in subjects:
+        try:
+            path = build_subject_report(output_dir, subject)
+        except (BidsAffectError, OSError, ValueError) as err:
+            LOGGER.warning("sub-%s: the HTML report was not written (%s).", subject, err)
+        else:
+            LOGGER.info("Report: %s", path)
+    if group:
+        try:
+            print(f"bids_affect: group report {build_group_report(output_dir)}")
+        except (BidsAffectError, OSError, ValueError) as err:
+            LOGGER.warning("The group HTML report was not written (%s).", err)
+
+
+@contextlib.contextmanager
+def run_log(work_dir: Path, run_id: str) -> Iterator[Path]:
+    """Record the run's warnings and errors in ``work_dir/logs/RUN_ID.log`` while it runs.
+
+    :func:`copy_run_log` then puts each subject's lines in its ``log/RUN_ID/``
+    folder, where its HTML report shows them.
+    """
+    path = Path(work_dir) / "logs" / f"{run_id}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s"))
+    loggers = [logging.getLogger("bids_affect"), logging.getLogger("py.warnings")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+
+
+_SUBJECT = re.compile(r"\bsub-([A-Za-z0-9]+)")
+
+
+def copy_run_log(log_path: Path, output_dir: Path, subjects: Sequence[str | None],
+                 run_id: str) -> None:
+    """Each subject's warnings (those naming another subject left out) in its log folder.
+
+    ``None`` in ``subjects`` stands for the group level, which gets every line.
+    """
+    lines = Path(log_path).read_text(encoding="utf-8").splitlines() if Path(
+        log_path).is_file() else []
+    for subject in subjects:
+        kept = [line for line in lines if subject is None
+                or all(found == subject for found in _SUBJECT.findall(line))]
+        target = derivatives.log_dir(output_dir, subject, run_id) / "bids_affect.log"
+        derivatives.write_text(target, "".join(f"{line}\n" for line in kept))
+
+
+#: Sections of a participant run's configuration that shape its results.
+_RESULT_SECTIONS = ("labels", "cleaning", "analysis")
+
+
+def participant_settings(config: Config) -> Config:
+    """This group run's configuration, with the settings the participant level ran.
+
+    Each selected subject's latest saved ``bids_affect.toml`` is read; the
+    sections that shape results (labels, cleaning, analyses and their options)
+    are taken from them, so the group log records what the participant level
+    did, not this run's defaults. Subjects run with different settings get one
+    warning naming the settings and subjects; the first subject's are recorded.
+    """
+    from bids_affect.analyses import ANALYSES
+
+    execution = config.execution
+    found: dict[str, Config] = {}
+    for log in sorted(execution.output_dir.glob("sub-*/log/*/bids_affect.toml")):
+        subject = log.parts[-4].removeprefix("sub-")
+        if execution.participant_label and subject not in execution.participant_label:
+            continue
+        try:
+            found[subject] = Config.from_toml(log)  # the latest run id sorts last
+        except BidsAffectError as err:
+            LOGGER.warning("%s cannot be read (%s); the group level does not describe this "
+                           "subject's settings.", log, err.problem)
+    if not found:
+        return config
+    sections = [*_RESULT_SECTIONS, *(name for name in ANALYSES if name in config.sections())]
+    reference_subject, reference = next(iter(found.items()))
+    for subject, other in found.items():
+        differing = [name for name in sections if other.section(name) != reference.section(name)]
+        if differing:
+            LOGGER.warning("sub-%s was run with other %s settings than sub-%s; the group "
+                           "results mix them (the group log records sub-%s's).", subject,
+                           ", ".join(differing), reference_subject, reference_subject)
+    return config.copy(**{name: reference.section(name) for name in sections})
 
 
 def clean_work_dir(work_dir: Path) -> None:

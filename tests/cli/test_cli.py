@@ -158,7 +158,8 @@ def test_output_inside_bids_derivatives_is_allowed(tmp_path):
     (["{bids}", "{out}", "participant", "--models", "svn"], 64, ["'svn' is unknown", "ridge"]),
     (["{bids}", "{out}", "participant", "--device", "cuda"], 64, ["cuda"]),
     (["{bids}", "{out}", "participant", "--labels", "nope"], 64, ["studyforrest-5"]),
-    (["{bids}", "{out}", "participant", "--reports-only"], 64, ["not available yet"]),
+    (["{bids}", "{out}", "participant", "--reports-only"], 66,
+     ["the derivatives folder to report on does not exist"]),
 ])
 def test_usage_errors(bids, tmp_path, capsys, args, code, fragments):
     before = tree_digest(bids)

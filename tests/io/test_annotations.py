@@ -669,3 +669,75 @@ def test_no_labelled_volume_reports_how_far_from_the_threshold():
 def test_no_labelled_volume_without_scores_still_raises():
     with pytest.raises(InputDataError, match="threshold 0.5"):
         check_labelled({"run-1": np.full(4, None)}, load_label_spec("studyforrest-5"))
+
+
+# --------------------------------------------------- warnings name the subject, run and file
+
+
+def test_a_header_only_events_file_is_named_in_a_warning(caplog, tmp_path):
+    path = tmp_path / "sub-01_task-movie_run-2_events.tsv"
+    path.write_text("onset\tduration\ttrial_type\n")
+    with caplog.at_level(logging.WARNING, logger="bids_affect.annotations"):
+        labels = label_volumes(read_events(path), trial_type_spec(), tr=2.0, n_volumes=4,
+                               path=path, where="sub-01 task-movie_run-2")
+    assert labels.tolist() == [None] * 4
+    [record] = caplog.records
+    assert record.getMessage().startswith(f"sub-01 task-movie_run-2 ({path}): the events "
+                                          "file holds a header but no event")
+    assert "none of the run's 4 volumes is labelled" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bids_affect.annotations"):
+        label_volumes(read_events(path), trial_type_spec(), tr=2.0, n_volumes=4, path=path)
+    assert caplog.records[0].getMessage().startswith(f"{path}: ")  # no run given: the file
+
+
+def test_events_past_the_end_name_the_subject_and_run(caplog, tmp_path):
+    path = tmp_path / "events.tsv"
+    path.write_text("onset\tduration\ttrial_type\n0\t2\tfear\n30\t2\tjoy\n")
+    with caplog.at_level(logging.WARNING, logger="bids_affect.annotations"):
+        score_volumes(read_events(path), trial_type_spec(), tr=2.0, n_volumes=10, path=path,
+                      where="sub-07 task-movie_run-3")
+    [record] = caplog.records
+    assert record.getMessage().startswith(f"sub-07 task-movie_run-3 ({path}): 1 event(s) "
+                                          "start after the end of the run")
+
+
+def test_a_class_with_no_labelled_volume_is_named_with_the_subject(caplog):
+    spec = load_label_spec("studyforrest-5")
+    labels = {"run-1": np.array(["fear", None, "anger"], dtype=object),
+              "run-2": np.array(["fear", "sadness", None], dtype=object)}
+    with caplog.at_level(logging.WARNING, logger="bids_affect.annotations"):
+        check_labelled(labels, spec, where="sub-03")
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "sub-03: class(es) with no labelled volume in 2 run(s), left out of the analyses: "
+        "love, happiness (label spec 'studyforrest-5')")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bids_affect.annotations"):
+        check_labelled({"run-1": np.array(list(spec.classes), dtype=object)}, spec,
+                       where="sub-03")
+    assert not caplog.records  # every class labels a volume
+
+
+def test_an_identity_trial_type_class_with_no_labelled_volume_is_named(caplog):
+    # joy ended before the run started (a negative onset): no volume reads it.
+    events = events_frame([(-8.0, 4.0, "joy"), (0.0, 12.0, "fear")],
+                          ("onset", "duration", "trial_type"))
+    spec = trial_type_spec(hrf_lag=4.0)
+    scores = {"run-1": score_volumes(events, spec, tr=2.0, n_volumes=6)}
+    labels = {run: labels_from_scores(table, spec) for run, table in scores.items()}
+    assert "joy" not in labels["run-1"].tolist()
+    with caplog.at_level(logging.WARNING, logger="bids_affect.annotations"):
+        check_labelled(labels, spec, scores, where="sub-01")
+    assert "sub-01: class(es) with no labelled volume in 1 run(s)" in caplog.text
+    assert ": joy (label spec 'test')" in caplog.text
+
+
+def test_rare_classes_warning_names_the_subject(caplog):
+    labels = np.array(["fear"] * 20 + ["love"] * 19, dtype=object)
+    with caplog.at_level(logging.WARNING, logger="bids_affect.annotations"):
+        _, dropped = drop_rare_classes(labels, 20, ["fear", "love", "anger"], where="sub-02")
+    assert dropped == {"love": 19, "anger": 0}
+    assert caplog.records[0].getMessage() == (
+        "sub-02: classes with fewer than 20 labelled volumes are left out: love (19 volumes), "
+        "anger (0 volumes)")

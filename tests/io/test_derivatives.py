@@ -125,16 +125,34 @@ def test_dataset_description_and_top_level_files(tmp_path, monkeypatch):
     source.mkdir()
     (source / "dataset_description.json").write_text(json.dumps({"DatasetDOI": "10.1/x"}))
     out = tmp_path / "out"
-    deriv.init_derivatives(out, source, {"raw": source})
+    deriv.init_derivatives(out, source, {"raw": source}, analyses=["decoding"],
+                           kinds=["decoding", "model"])
     description = json.loads((out / "dataset_description.json").read_text())
+    assert description["Name"] == "bids_affect outputs: labels, decoding"
     assert description["DatasetType"] == "derivative"
     generated = description["GeneratedBy"][0]
     assert generated["Name"] == "bids_affect" and generated["Version"]
     assert generated["CodeURL"].startswith("https://")
     assert generated["Container"]["Type"] == "docker"
     assert description["SourceDatasets"][0]["DOI"] == "10.1/x"
-    assert "*_decoding.*" in (out / ".bidsignore").read_text()
+    assert (out / ".bidsignore").read_text().split() == [
+        "*_decoding.*", "*_desc-labels_events.*", "logs", "sub-*/log", "sub-*/models"]
     assert "bids_affect" in (out / "logs" / "CITATION.md").read_text()
+    # A later run into the same folder adds its analyses and files; None keeps the methods.
+    (out / "logs" / "CITATION.md").write_text("participant methods")
+    deriv.init_derivatives(out, source, {"raw": source}, methods=None, analyses=["rsa"],
+                           kinds=["rdm"])
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["Name"] == "bids_affect outputs: labels, decoding, rsa"
+    assert {"*_decoding.*", "*_rdm.*"} <= set((out / ".bidsignore").read_text().split())
+    assert (out / "logs" / "CITATION.md").read_text() == "participant methods"
+
+
+def test_container_is_declared_only_by_our_images(monkeypatch):
+    monkeypatch.delenv("BIDS_AFFECT_CONTAINER", raising=False)
+    assert deriv.container_info() is None  # whatever /.dockerenv says
+    monkeypatch.setenv("BIDS_AFFECT_CONTAINER", "singularity")
+    assert deriv.container_info()["Type"] == "singularity"
 
 
 def test_uncreatable_output_dir_is_exit_73(tmp_path):

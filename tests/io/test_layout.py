@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
+import os
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import pytest
 
 from bids_affect.datasets import make_synthetic_dataset
-from bids_affect.exceptions import InputDataError, InputMissingError, NoDataSelected
+from bids_affect.exceptions import (
+    InputDataError,
+    InputMissingError,
+    NoDataSelected,
+    OutputError,
+    UsageError,
+)
 from bids_affect.io.layout import (
     RunRecord,
+    bids_entities,
+    build_queries,
     collect_runs,
+    dataset_fingerprint,
     find_fmriprep_derivatives,
     load_filter_file,
     load_layout,
@@ -206,3 +218,237 @@ def test_run_records_read_slice_timing(dataset_copy):
     run = collect_runs(load_layout(dataset_copy), ["01"])[0]
     assert run.slice_timing == (0.0, 1.0, 0.5, 1.5, 0.25, 1.25)
     assert nib.load(run.bold).shape[:3] == run.shape[:3]
+
+
+# ----------------------------------------------------------------- bad input, clean failures
+
+
+def _write_json(path, content):
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+@pytest.mark.parametrize("where", ["run", "top"])
+@pytest.mark.parametrize("tr, fragment", [
+    ("two", 'must be a number of seconds, got "two" (text)'),
+    ([2.0], "must be a number of seconds, got [2.0] (a list)"),
+    ({"value": 2}, "(an object)"),
+    (True, "(a boolean)"),
+    (0, "RepetitionTime 0 is invalid: it must be a positive number"),
+    (-2.0, "RepetitionTime -2.0 is invalid: it must be a positive number"),
+    (float("nan"), "RepetitionTime NaN is invalid"),
+])
+def test_bad_repetition_time_is_65_naming_the_sidecar_that_sets_it(dataset_copy, where, tr,
+                                                                   fragment):
+    top = dataset_copy / "task-movie_bold.json"
+    run = dataset_copy / "sub-01/func/sub-01_task-movie_run-2_bold.json"
+    if where == "run":  # a run's own sidecar overrides the top-level one
+        _write_json(run, {"RepetitionTime": tr})
+    else:
+        _write_json(top, {**json.loads(top.read_text()), "RepetitionTime": tr})
+    with pytest.raises(InputDataError) as info:
+        collect_runs(load_layout(dataset_copy), ["01"])
+    message = str(info.value)
+    assert info.value.exit_code == 65
+    assert message.startswith(f"{run if where == 'run' else top}: RepetitionTime"), message
+    assert fragment in message and "fix: " in message
+    assert "disagrees" not in message
+
+
+def test_zero_repetition_time_in_sidecar_and_header_names_the_sidecar(dataset_copy):
+    bold = dataset_copy / "sub-01/func/sub-01_task-movie_run-1_bold.nii.gz"
+    image = nib.load(bold)
+    header = image.header.copy()
+    header.set_zooms((*header.get_zooms()[:3], 0.0))
+    nib.Nifti1Image(image.dataobj, image.affine, header).to_filename(bold)
+    assert nib.load(bold).header.get_zooms()[3] == 0
+    top = dataset_copy / "task-movie_bold.json"
+    _write_json(top, {**json.loads(top.read_text()), "RepetitionTime": 0})
+    with pytest.raises(InputDataError) as info:
+        collect_runs(load_layout(dataset_copy), ["01"])
+    assert str(info.value).startswith(f"{top}: RepetitionTime 0 is invalid")
+    assert "events" not in str(info.value)
+
+
+def test_a_disagreeing_repetition_time_names_the_sidecar_and_the_nifti(dataset_copy):
+    run = dataset_copy / "sub-01/func/sub-01_task-movie_run-2_bold.json"
+    _write_json(run, {"RepetitionTime": 2.5})
+    with pytest.raises(InputDataError, match="disagrees with 2.0 s in the NIfTI header of "
+                                             "sub-01_task-movie_run-2_bold.nii.gz") as info:
+        collect_runs(load_layout(dataset_copy), ["01"])
+    assert str(info.value).startswith(str(run))
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("StartTime", "soon", 'StartTime must be a number of seconds, got "soon"'),
+    ("StartTime", [0.5], "StartTime must be a number of seconds, got [0.5] (a list)"),
+    ("SliceTiming", "interleaved", "SliceTiming must be a list of times"),
+    ("SliceTiming", [0.0, "one"], "SliceTiming must be a list of times"),
+    ("SliceTiming", [0.0, -1.0], "SliceTiming must be a list of times"),
+])
+def test_bad_start_or_slice_timing_is_65_naming_the_sidecar(dataset_copy, key, value,
+                                                            fragment):
+    run = dataset_copy / "sub-01/func/sub-01_task-movie_run-1_bold.json"
+    _write_json(run, {key: value})
+    with pytest.raises(InputDataError) as info:
+        collect_runs(load_layout(dataset_copy), ["01"])
+    assert str(info.value).startswith(f"{run}: {key}") and fragment in str(info.value)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{bad", "is not valid JSON"),
+    ("[1, 2]", "must hold a JSON object of metadata, not a list"),
+])
+def test_a_sidecar_pybids_cannot_parse_is_65_naming_it(dataset_copy, content, fragment):
+    run = dataset_copy / "sub-02/func/sub-02_task-movie_run-2_bold.json"
+    run.write_text(content)
+    with pytest.raises(InputDataError) as info:
+        load_layout(dataset_copy)
+    assert str(info.value).startswith(f"{run}: JSON file {fragment}")
+
+
+def test_filter_file_entities_and_values_are_checked(small_dataset, tmp_path):
+    path = tmp_path / "filter.json"
+    for content, fragment in [
+        ({"bold": {"flavour": "vanilla"}}, "entity 'flavour' is unknown"),
+        ({"bold": {"run": {"gt": 1}}}, 'entity \'run\' has the value {"gt": 1}'),
+        ({"bold": {"run": [1, [2]]}}, "entity 'run' has the value [1, [2]]"),
+        ({"bold": {"session": True}}, "entity 'session' has the value true"),
+    ]:
+        path.write_text(json.dumps(content))
+        with pytest.raises(UsageError) as info:
+            load_filter_file(path)
+        message = str(info.value)
+        assert info.value.exit_code == 64 and message.startswith(f"{path}: ")
+        assert fragment in message, message
+    assert "fix: use pybids entities: subject, session" in str(
+        pytest.raises(UsageError, build_queries, {"bold": {"flavour": "x"}}).value)
+    # Every listed entity is accepted by pybids' query (the list is pybids' own).
+    layout = load_layout(small_dataset)
+    for entity in bids_entities():
+        layout.get(scope="raw", **{entity: "x"})
+    path.write_text(json.dumps({"bold": {"run": [1, None], "acquisition": "*",
+                                         "echo": None}}))
+    assert load_filter_file(path)["bold"]["acquisition"] == "*"
+
+
+def test_empty_selection_labels_are_refused(small_dataset):
+    layout = load_layout(small_dataset)
+    for labels in ([], [""], ["01", "sub-"], [" "]):
+        with pytest.raises(UsageError, match="^participant_label: ") as info:
+            collect_runs(layout, labels)
+        assert info.value.exit_code == 64
+    with pytest.raises(UsageError, match="^session_label: was given without a label"):
+        collect_runs(layout, ["01"], session_label=[])
+    with pytest.raises(UsageError, match="^task_id: was given without a label"):
+        collect_runs(layout, ["01"], task="")
+    assert len(collect_runs(layout, None)) == 4  # not given: everyone
+
+
+# ------------------------------------------------------------------- the pybids database
+
+
+def _count_indexing(monkeypatch):
+    from bids.layout import BIDSLayoutIndexer
+
+    calls = []
+    original = BIDSLayoutIndexer.__call__
+    monkeypatch.setattr(BIDSLayoutIndexer, "__call__",
+                        lambda self, layout: calls.append(1) or original(self, layout))
+    return calls
+
+
+def test_database_dir_that_cannot_be_created_or_written_is_73(small_dataset, tmp_path,
+                                                              monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot create the BIDS database directory") as info:
+        load_layout(small_dataset, database_dir=blocker / "db")
+    assert info.value.exit_code == 73 and str(info.value).startswith(str(blocker / "db"))
+    assert "fix: " in str(info.value)
+    # A folder without write permission (simulated: the tests may run as root).
+    database = tmp_path / "readonly"
+    database.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == database
+                        else real_access(path, mode))
+    with pytest.raises(OutputError, match="is not writable") as info:
+        load_layout(small_dataset, database_dir=database)
+    assert info.value.exit_code == 73 and list(database.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated"])
+def test_a_corrupt_database_is_rebuilt_with_one_warning(small_dataset, tmp_path, caplog,
+                                                        damage):
+    database = tmp_path / "db"
+    load_layout(small_dataset, database_dir=database)
+    index = database / "layout_index.sqlite"
+    content = index.read_bytes()
+    index.write_bytes({"garbage": b"not a database " * 200, "empty": b"",
+                       "truncated": content[: len(content) // 3]}[damage])
+    with caplog.at_level(logging.WARNING, logger="bids_affect.layout"):
+        runs = collect_runs(load_layout(small_dataset, database_dir=database))
+    assert len(runs) == 4
+    [record] = caplog.records
+    assert "cannot be read" in record.getMessage() and str(database) in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bids_affect.layout"):
+        load_layout(small_dataset, database_dir=database)  # the rebuilt one is current
+    assert not caplog.records
+
+
+def test_a_stale_database_is_detected_and_rebuilt(dataset_copy, tmp_path, caplog,
+                                                  monkeypatch):
+    database = tmp_path / "db"
+    derivatives = {"fmriprep": dataset_copy / "derivatives" / "fmriprep"}
+    assert len(collect_runs(load_layout(dataset_copy, derivatives, database))) == 4
+    calls = _count_indexing(monkeypatch)
+    load_layout(dataset_copy, derivatives, database)
+    assert calls == []  # current: reused
+    (dataset_copy / "sub-02/func/sub-02_task-movie_run-2_bold.nii.gz").unlink()
+    with caplog.at_level(logging.WARNING, logger="bids_affect.layout"):
+        runs = collect_runs(load_layout(dataset_copy, derivatives, database))
+    assert [(r.subject, r.run) for r in runs] == [("01", 1), ("01", 2), ("02", 1)]
+    assert calls  # indexed again
+    [record] = caplog.records
+    assert ("the dataset changed since it was indexed (sub-02/func/"
+            "sub-02_task-movie_run-2_bold.nii.gz removed)") in record.getMessage()
+    # A sidecar edited since indexing: the new metadata are read, not the cached ones.
+    top = dataset_copy / "task-movie_bold.json"
+    _write_json(top, {**json.loads(top.read_text()), "SliceTiming": [0.0, 1.0]})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bids_affect.layout"):
+        runs = collect_runs(load_layout(dataset_copy, derivatives, database), ["01"])
+    assert runs[0].slice_timing == (0.0, 1.0)
+    assert "task-movie_bold.json modified" in caplog.text
+    # A subject added since indexing is found.
+    shutil.copytree(dataset_copy / "sub-02", dataset_copy / "sub-03")
+    for path in sorted((dataset_copy / "sub-03").rglob("sub-02_*")):
+        path.rename(path.with_name(path.name.replace("sub-02", "sub-03")))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bids_affect.layout"):
+        layout = load_layout(dataset_copy, derivatives, database)
+    assert layout.get_subjects() == ["01", "02", "03"]
+    assert "sub-03/func/sub-03_task-movie_run-1_bold.nii.gz added" in caplog.text
+    # Other derivatives than those indexed: indexed again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bids_affect.layout"):
+        assert not load_layout(dataset_copy, {}, database).derivatives
+    assert "another dataset or other derivatives" in caplog.text
+
+
+def test_a_database_without_fingerprint_is_rebuilt(small_dataset, tmp_path, caplog):
+    database = tmp_path / "db"
+    load_layout(small_dataset, database_dir=database)
+    (database / "bids_affect_index.json").unlink()  # e.g. indexing was interrupted
+    with caplog.at_level(logging.WARNING, logger="bids_affect.layout"):
+        load_layout(small_dataset, database_dir=database)
+    assert "has no bids_affect fingerprint" in caplog.text
+    assert (database / "bids_affect_index.json").is_file()
+
+
+def test_fingerprint_ignores_what_pybids_does_not_index(small_dataset):
+    listing = dataset_fingerprint([small_dataset])["roots"][str(small_dataset)]
+    assert "task-movie_bold.json" in listing
+    assert "sub-01/func/sub-01_task-movie_run-1_bold.nii.gz" in listing
+    assert not [name for name in listing
+                if name.split("/")[0] in ("derivatives", "sourcedata") or "/." in name]

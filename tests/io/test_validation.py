@@ -39,5 +39,30 @@ def test_missing_validator_warns_and_goes_on(dataset, tmp_path, monkeypatch, cap
     monkeypatch.setattr(validation, "find_validator", lambda: None)
     assert validation.validate_dataset(dataset, ["01"], tmp_path) == []
     assert "not installed" in caplog.text
-    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name, path=None: None)
+    assert validation.find_validator() is None
+
+
+def test_the_validator_beside_the_interpreter_is_found_without_path(tmp_path, monkeypatch):
+    """``/venv/bin/bids_affect`` run by its full path: the venv's bin is not on PATH."""
+    import sys
+
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    validator = bin_dir / "bids-validator-deno"
+    validator.write_text("#!/bin/sh\necho '{}'\n")
+    validator.chmod(0o755)
+    elsewhere = tmp_path / "usr" / "bin"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.setenv("PATH", str(elsewhere))
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    assert validation.find_validator() == str(validator)
+    # Beside the interpreter wins over PATH: it is the one installed with bids_affect.
+    other = elsewhere / "bids-validator-deno"
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    assert validation.find_validator() == str(validator)
+    validator.unlink()
+    assert validation.find_validator() == str(other)
+    other.unlink()
     assert validation.find_validator() is None

@@ -285,3 +285,13 @@ def test_resume_after_a_real_kill(planted, tmp_path):
     uninterrupted = CNN3DClassifier(**{**params, "checkpoint_path": None}).fit(X, y)
     assert parameters_equal(uninterrupted.network_, resumed.network_)
     assert np.array_equal(uninterrupted.predict(X_test), resumed.predict(X_test))
+    # The published model files (less work paths and timings) are equal byte for byte.
+    from bids_affect.io.derivatives import write_torch
+    from bids_affect.models.classifier import load_network_payload, publishable_network
+
+    published = []
+    for name, estimator in (("resumed", resumed), ("uninterrupted", uninterrupted)):
+        payload = load_network_payload(estimator.save(tmp_path / f"{name}.pt"))
+        published.append(write_torch(tmp_path / f"{name}_published.pt",
+                                     publishable_network(payload)).read_bytes())
+    assert published[0] == published[1]

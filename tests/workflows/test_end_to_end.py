@@ -310,7 +310,11 @@ def test_top_k_larger_than_the_mask_is_refused_before_occlusion(finished_run, tm
 
 @pytest.fixture(scope="module")
 def raw_run(tmp_path_factory):
-    """Occlusion and RSA on raw BIDS data (native space, no fMRIPrep), 2 runs."""
+    """Every analysis on raw BIDS data (native space, no fMRIPrep), 2 runs, default cleaning.
+
+    The options left at their defaults are all but those that set the run time
+    (epochs, permutations, occluded samples): a new user's first run.
+    """
     root = tmp_path_factory.mktemp("raw")
     make_synthetic_dataset(root / "bids", n_subjects=1, n_runs=2, n_volumes=60,
                            shape=(12, 14, 12), signal=2.0, with_derivatives=False,
@@ -318,12 +322,28 @@ def raw_run(tmp_path_factory):
                            scene_duration=(8.0, 20.0), seed=5)
     code = main([str(root / "bids"), str(root / "out"), "participant", "-w", str(root / "work"),
                  "--labels", "studyforrest-5", "--min-volumes", "5", "--analyses",
-                 "occlusion,rsa", "--models", "cnn-deepemotion", "--n-permutations-cnn", "0",
+                 "decoding,occlusion,rsa", "--models", "ridge,cnn-deepemotion",
+                 "--n-permutations", "20", "--n-permutations-cnn", "0",
                  "--epochs", "6", "--occlusion-threshold", "0", "--occlusion-samples", "1",
                  "--top-k", "5", "--random-seed", "3", "--nprocs", "1", "--omp-nthreads", "1",
-                 "--confounds", "none", "--skip-bids-validation"])
+                 "--skip-bids-validation"])
     assert code == 0
     return root, root / "out"
+
+
+@pytest.mark.parametrize("data", ["raw", "fmriprep"])
+def test_default_confounds_follow_the_data(raw_run, finished_run, data):
+    """``--confounds auto``: motion regressors with fMRIPrep's confounds, none on raw BIDS."""
+    _, out = raw_run if data == "raw" else finished_run
+    expected = "none" if data == "raw" else "motion"
+    sidecars = sorted((out / "sub-01" / "func").glob("*_desc-ridge_decoding.json"))
+    assert sidecars
+    cleaning = json.loads(sidecars[0].read_text())["Parameters"]["cleaning"]
+    assert cleaning["confounds"] == "auto"
+    assert set(cleaning["confounds_applied"].values()) == {expected}
+    assert len(cleaning["confounds_applied"]) == (2 if data == "raw" else 3)
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert "'motion' for runs with fMRIPrep's confounds file" in citation
 
 
 def test_native_space_top_voxels_have_no_atlas(raw_run):
@@ -406,3 +426,58 @@ def test_help_describes_bfloat16_and_the_roi_atlases(capsys):
     roi_atlas = text.rsplit("--roi-atlas", 1)[1]
     for atlas in ("harvard_oxford", "juelich"):
         assert f"{atlas} (default ROIs" in roi_atlas
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_sidecars_record_only_what_applied(finished_run):
+    _, out = finished_run
+    func = out / "sub-01" / "func"
+    ridge = json.loads((func / "sub-01_task-movie_desc-ridge_decoding.json").read_text())
+    cnn = json.loads((func / "sub-01_task-movie_desc-cnndeepemotion_decoding.json").read_text())
+    assert ridge["cv"] == "loro"
+    assert ridge["Parameters"]["cv_applied"] == "loro"
+    for absent in ("n_splits", "gap", "epochs", "batch_size", "n_permutations_cnn"):
+        assert absent not in ridge["Parameters"], absent
+    assert ridge["Parameters"]["n_permutations"] == 20
+    assert cnn["Parameters"]["n_permutations"] == 2 and cnn["Parameters"]["epochs"] == 6
+    # One fold numbering: occlusion sidecars count folds from 1, as samples.tsv does.
+    samples = pd.read_csv(func / "sub-01_task-movie_desc-cnndeepemotion_stat-occlusion_samples"
+                                 ".tsv", sep="\t")
+    statmap = next(func.glob("*_stat-occlusion_statmap.nii.gz"))
+    folds = {run["fold"] for run in _sidecar(statmap)["Occlusion"]}
+    assert folds <= set(range(1, 4)) and folds <= set(samples["fold"])
+
+
+def test_tables_state_their_columns_and_round_floats(finished_run):
+    _, out = finished_run
+    predictions = next((out / "sub-01" / "func").glob("*_run-1_desc-ridge_predictions.tsv"))
+    sidecar = _sidecar(predictions)
+    header = predictions.read_text().splitlines()[0].split("\t")
+    assert header[:4] == ["onset", "volume", "true", "predicted"]
+    # Ridge has no class probabilities: its decision values, under their own name.
+    assert all(column.startswith("decision_") for column in header[4:])
+    assert sidecar["onset"]["Units"] == "s"
+    assert sidecar[header[4]]["Description"].startswith("Decision value of class")
+    cnn = next((out / "sub-01" / "func").glob("*_run-1_desc-cnndeepemotion_predictions.tsv"))
+    assert all(c.startswith("prob_") for c in cnn.read_text().splitlines()[0].split("\t")[4:])
+    for line in predictions.read_text().splitlines()[1:]:
+        for value in line.split("\t")[4:]:
+            digits = value.lstrip("-").replace(".", "").split("e")[0].lstrip("0")
+            assert len(digits) <= 6, value
+
+
+def test_dataset_files_describe_this_run(finished_run, monkeypatch):
+    _, out = finished_run
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["Name"] == "bids_affect outputs: labels, decoding, occlusion, rsa"
+    assert "Container" not in description["GeneratedBy"][0]  # not run in our image
+    files = [path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()]
+    for pattern in (out / ".bidsignore").read_text().split():
+        regex = re.compile(pattern.replace(".", r"\.").replace("*", "[^/]*") + "(/|$)")
+        assert any(regex.match(name) or regex.search("/" + name) for name in files), pattern
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert "cnn-deepemotion: 2 permutations, so p >= 1/3" in citation
+    assert "ridge: 20 permutations, so p >= 1/21" in citation
+    assert "=True" not in citation and "=False" not in citation

@@ -150,3 +150,66 @@ def test_group_level_collects_within_subject_scores(four_subjects, tmp_path, cap
     assert json.loads((out / "group/task-movie_desc-ridge_withinsubject.json").read_text())[
         "Sources"]
     assert len(list((out / "group/log").glob("*/bids_affect.toml"))) == 1
+
+
+def test_a_failed_start_leaves_no_trace(tmp_path, capsys):
+    """A data problem found inside a node, before any result: the run removes what it made.
+
+    The output dataset files, the run log and the labels go; the work directory
+    stays, since a corrected rerun resumes from it.
+    """
+    root = make_synthetic_dataset(tmp_path / "bids", n_subjects=1, n_runs=2, n_volumes=30,
+                                  shape=(6, 7, 6), with_derivatives=False, seed=5)
+    for events in root.glob("sub-01/func/*_events.tsv"):
+        table = pd.read_csv(events, sep="\t")
+        table["trial_type"] = "n/a"  # every volume unlabelled: found by the labels node
+        table.to_csv(events, sep="\t", index=False)
+    before = file_hashes(root)
+    out, work = tmp_path / "derivatives", tmp_path / "work"
+    code = main([str(root), str(out), "participant", "-w", str(work), "--nprocs", "1",
+                 "--skip-bids-validation"])
+    err = capsys.readouterr().err
+    assert code == 65
+    assert "were removed" in err and "sub-01" in err
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+    assert work.is_dir()  # kept for a rerun to resume from
+    assert file_hashes(root) == before
+
+
+def test_a_failed_start_before_the_workflow_leaves_no_work_dir(four_subjects, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main([str(four_subjects), str(out), "group", "-w", str(work)]) == 66
+    assert not out.exists() and not work.exists()
+
+
+def test_group_alone_describes_what_the_participant_level_ran(four_subjects, tmp_path,
+                                                                capsys):
+    """The SLURM pattern: one participant job per subject (logreg), then a plain group run."""
+    import tomllib
+
+    out = tmp_path / "out"
+    fast = [arg for arg in FAST if arg != "ridge"]
+    fast[fast.index("--models") + 1] = "logreg"
+    for label in ("01", "02"):
+        code = main([str(four_subjects), str(out), "participant", "--participant-label", label,
+                     "-w", str(tmp_path / f"work{label}"), *fast, "--n-permutations", "5"])
+        assert code == 0, capsys.readouterr().err
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert "logreg: 5 permutations" in citation and "ridge" not in citation
+    code = main([str(four_subjects), str(out), "group", "-w", str(tmp_path / "work_group")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "run with other" not in err
+    assert (out / "logs" / "CITATION.md").read_text() == citation  # not rewritten
+    (log,) = (out / "group" / "log").glob("*/bids_affect.toml")
+    settings = tomllib.loads(log.read_text())
+    assert settings["analysis"]["models"] == ["logreg"]
+    assert settings["decoding"]["n_permutations"] == 5
+    # A subject run with other settings is named in a warning.
+    code = main([str(four_subjects), str(out), "participant", "--participant-label", "03",
+                 "-w", str(tmp_path / "work03"), *FAST, "--n-permutations", "5"])
+    assert code == 0
+    capsys.readouterr()
+    assert main([str(four_subjects), str(out), "group", "-w", str(tmp_path / "work_group")]) == 0
+    assert "sub-03 was run with other analysis settings than sub-01" in \
+        capsys.readouterr().err
