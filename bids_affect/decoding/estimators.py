@@ -152,6 +152,11 @@ def balanced_targets(onehot: np.ndarray) -> np.ndarray:
     return onehot / np.sqrt(np.maximum(counts, 1))
 
 
+# Saved decoders (joblib pickles) name their class by module: the public package, so a
+# model file stays loadable whatever the internal layout (numpy's set_module habit).
+BalancedRidgeClassifier.__module__ = SoftmaxLinearSVC.__module__ = "bids_affect.decoding"
+
+
 # --------------------------------------------------------------------------- the table
 
 #: What ``prob_CLASS`` columns hold, by kind of decoder.

@@ -213,3 +213,28 @@ def test_group_alone_describes_what_the_participant_level_ran(four_subjects, tmp
     assert main([str(four_subjects), str(out), "group", "-w", str(tmp_path / "work_group")]) == 0
     assert "sub-03 was run with other analysis settings than sub-01" in \
         capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_cnn_run_resumes_to_the_same_model_file(tmp_path):
+    """kill -9 during the second fold, rerun with the same -w: model.pt equal byte for byte."""
+    from tests.helpers import run_until_killed
+
+    root = make_synthetic_dataset(tmp_path / "bids", n_subjects=1, n_runs=3, n_volumes=40,
+                                  shape=(8, 9, 8), signal=2.0, seed=3)
+    options = ["--labels", "studyforrest-5", "--min-volumes", "5", "--models",
+               "cnn-deepemotion", "--epochs", "4", "--n-permutations-cnn", "0",
+               "--random-seed", "1", "--nprocs", "1", "--omp-nthreads", "1",
+               "--skip-bids-validation"]
+    killed = [str(root), str(tmp_path / "resumed"), "participant", "-w",
+              str(tmp_path / "work_resumed"), *options]
+    run_until_killed(tmp_path, 6, """
+        from bids_affect.cli.run import main
+        main(sys.argv[1:])
+    """, *killed)
+    assert main(killed) == 0
+    assert main([str(root), str(tmp_path / "uninterrupted"), "participant", "-w",
+                 str(tmp_path / "work_uninterrupted"), *options]) == 0
+    name = "sub-01/models/sub-01_task-movie_desc-cnndeepemotion_model.pt"
+    assert (tmp_path / "resumed" / name).read_bytes() == \
+        (tmp_path / "uninterrupted" / name).read_bytes()
