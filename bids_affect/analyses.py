@@ -51,7 +51,12 @@ class Analysis:
         Its options: a dataclass made with :func:`bids_affect.config.section`
         whose fields are declared with :func:`bids_affect.config.option`.
     wire : callable or None
-        ``wire(builder, options)`` adds its nodes to one subject's workflow.
+        ``wire(builder, options)`` adds its nodes to one subject's workflow
+        (:class:`~bids_affect.workflows.participant.ParticipantWorkflow`); None
+        for an analysis of the group level only.
+    wire_group : callable or None
+        ``wire_group(builder, options)`` adds its nodes to the group workflow
+        (:class:`~bids_affect.workflows.group.GroupWorkflow`).
     outputs : tuple of str
         Output kinds it writes (keys of :data:`bids_affect.io.derivatives.OUTPUTS`).
     check : callable or None
@@ -68,6 +73,7 @@ class Analysis:
     description: str
     options: type | None = None
     wire: Callable[[Any, Any], None] | None = None
+    wire_group: Callable[[Any, Any], None] | None = None
     outputs: tuple[str, ...] = ()
     check: Callable[[Any, Any], None] | None = None
     methods: Callable[[Any], str] | None = None
@@ -83,7 +89,7 @@ def register_analysis(analysis: Analysis) -> Analysis:
     """Add ``analysis`` to the registry; a name taken already is an error."""
     if analysis.name in ANALYSES or analysis.name == "none":
         raise ValueError(f"analysis {analysis.name!r} is already registered")
-    if analysis.available and analysis.wire is None:
+    if analysis.available and analysis.wire is None and analysis.wire_group is None:
         raise ValueError(f"analysis {analysis.name!r} is available but has no wire function")
     ANALYSES[analysis.name] = analysis
     return analysis
@@ -99,11 +105,13 @@ def list_analyses() -> dict[str, str]:
     return {name: a.description for name, a in ANALYSES.items() if a.available}
 
 
-def check_analyses(names: Sequence[str], models: Sequence[str]) -> list[str]:
+def check_analyses(names: Sequence[str], models: Sequence[str],
+                   levels: Sequence[str] = ("participant", "group")) -> list[str]:
     """Validated analysis names (``["none"]`` -> ``[]``), in registry order.
 
-    Raises :class:`UsageError` for unknown or unavailable analyses, and for
-    analyses that need a CNN when ``models`` holds none.
+    Raises :class:`UsageError` for unknown or unavailable analyses, for
+    analyses that need a CNN when ``models`` holds none, and for an analysis
+    of the group level only asked at the participant level alone.
     """
     from bids_affect.decoding import is_cnn, list_models
 
@@ -121,6 +129,10 @@ def check_analyses(names: Sequence[str], models: Sequence[str]) -> list[str]:
                              "arrives in a later release)", path="analyses",
                              fix=f"use one of {', '.join(list_analyses())}")
     for name in names:
+        if ANALYSES[name].wire is None and "group" not in levels:
+            raise UsageError(f"{name} runs at the group level only (no subject is involved)",
+                             path="analyses", fix=f"run 'bids_affect bids_dir output_dir group "
+                                                  f"--analyses {name}'")
         if ANALYSES[name].needs_cnn and not any(is_cnn(model) for model in models):
             known = [model for model in list_models() if is_cnn(model)]
             raise UsageError(f"{name} needs a CNN decoder, but --models has none "

@@ -271,7 +271,8 @@ def check_config(config: Config) -> None:
     if execution.bids_filters is not None:  # from --config-file: checked as the file would be
         build_queries(execution.bids_filters)
     analysis = config.analysis
-    analysis.analyses = check_analyses(analysis.analyses, analysis.models)
+    analysis.analyses = check_analyses(analysis.analyses, analysis.models,
+                                       execution.analysis_level)
     analysis.models = check_models(analysis.models)
     resolve_device(analysis.device)
     check_confound_strategy(config.cleaning.confounds)

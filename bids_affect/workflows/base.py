@@ -8,6 +8,7 @@ reads the configuration; it passes explicit settings to the workflow factories.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -240,8 +241,10 @@ def _group_level(config: Config, links: dict[str, Path], files: RunFiles,
     from bids_affect.steps.group import find_decoding_outputs, summary_table
 
     execution = config.execution
-    # 66 before any write
-    found = find_decoding_outputs(execution.output_dir, execution.participant_label)
+    found = decoding_outputs(config)
+    if not found and not group_analyses(config):
+        # Nothing to do at the group level: 66 (naming what is missing) before any write.
+        find_decoding_outputs(execution.output_dir, execution.participant_label)
     group_config = participant_settings(config)
     # The group level describes what the participant level ran; it never rewrites
     # the participant level's methods (methods=None keeps logs/CITATION.md).
@@ -358,7 +361,11 @@ def participant_settings(config: Config) -> Config:
             LOGGER.warning("sub-%s was run with other %s settings than sub-%s; the group "
                            "results mix them (the group log records sub-%s's).", subject,
                            ", ".join(differing), reference_subject, reference_subject)
-    return config.copy(**{name: reference.section(name) for name in sections})
+    merged = {name: reference.section(name) for name in sections}
+    # What this group run does is its own choice; what the subjects' results are, theirs.
+    merged["analysis"] = dataclasses.replace(merged["analysis"],
+                                             analyses=list(config.analysis.analyses))
+    return config.copy(**merged)
 
 
 def clean_work_dir(work_dir: Path) -> None:
@@ -395,17 +402,12 @@ def prepare_participant_level(config: Config, derivative_dirs: dict[str, Path],
 def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRecord]],
                         label_spec: dict[str, Any], links: dict[str, Path]) -> pe.Workflow:
     """The participant-level workflow: one sub-workflow per subject and task."""
-    import dataclasses
-
-    from bids_affect.workflows.participant import SharedSettings, init_participant_wf
+    from bids_affect.workflows.participant import init_participant_wf
 
     analysis = config.analysis
     wf = pe.Workflow(name=workflow_name(), base_dir=str(config.execution.work_dir))
-    shared = SharedSettings(models=tuple(analysis.models), device=analysis.device,
-                            num_threads=config.nipype.omp_nthreads,
-                            roi_atlas=analysis.roi_atlas)
-    options = {name: section for name, section in config.sections().items()
-               if name in analysis_registry()}
+    shared = shared_settings(config)
+    options = analysis_options(config)
     provenance = _provenance(config, links)
     # Processes a step may use for permutation refits; several steps run at once under
     # MultiProc, so this follows --omp-nthreads (default 1) rather than --nprocs.
@@ -431,11 +433,47 @@ def init_group_wf_from_config(config: Config, links: dict[str, Path]) -> pe.Work
     """The group-level workflow with this run's settings."""
     from bids_affect.workflows.group import init_group_wf
 
+    analysis = config.analysis
     wf = pe.Workflow(name=f"{workflow_name()}_group", base_dir=str(config.execution.work_dir))
-    wf.add_nodes([init_group_wf(output_dir=config.execution.output_dir,
-                                participant_label=config.execution.participant_label,
-                                provenance=_provenance(config, links))])
+    wf.add_nodes([init_group_wf(
+        output_dir=config.execution.output_dir,
+        participant_label=config.execution.participant_label,
+        provenance=_provenance(config, links), analyses=analysis.analyses,
+        options=analysis_options(config), shared=shared_settings(config),
+        master_seed=int(config.seeds.master), work_dir=config.execution.work_dir,
+        collect_decoding=bool(decoding_outputs(config)))])
     return wf
+
+
+def decoding_outputs(config: Config) -> list:
+    """The participant-level decoding outputs of the selected subjects (may be none)."""
+    return derivatives.find_outputs(config.execution.output_dir, "decoding") if not \
+        config.execution.participant_label else [
+            item for item in derivatives.find_outputs(config.execution.output_dir, "decoding")
+            if item.entities["subject"] in config.execution.participant_label]
+
+
+def group_analyses(config: Config) -> list[str]:
+    """The analyses asked for that have a group part."""
+    from bids_affect.analyses import ANALYSES
+
+    return [name for name in config.analysis.analyses if ANALYSES[name].wire_group]
+
+
+def analysis_options(config: Config) -> dict[str, Any]:
+    """Each registered analysis's options section, by name."""
+    return {name: section for name, section in config.sections().items()
+            if name in analysis_registry()}
+
+
+def shared_settings(config: Config):
+    """The settings several analyses read (models, device, threads, ROI atlas)."""
+    from bids_affect.workflows.participant import SharedSettings
+
+    analysis = config.analysis
+    return SharedSettings(models=tuple(analysis.models), device=analysis.device,
+                          num_threads=config.nipype.omp_nthreads,
+                          roi_atlas=analysis.roi_atlas)
 
 
 def error_from_crash_files(crash_dir: Path) -> BidsAffectError | None:

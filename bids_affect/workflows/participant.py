@@ -183,5 +183,6 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
         provenance=provenance, n_jobs=n_jobs, check_data=not analyses, name=name)
     for analysis_name in analyses:
         analysis = ANALYSES[analysis_name]
-        analysis.wire(builder, options.get(analysis_name))
+        if analysis.wire is not None:  # None: a group-level analysis
+            analysis.wire(builder, options.get(analysis_name))
     return builder.finish()
