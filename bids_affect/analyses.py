@@ -34,7 +34,15 @@ from typing import Any
 from bids_affect.__about__ import __version__
 from bids_affect.boilerplate import decoding_methods, occlusion_methods, rsa_methods
 from bids_affect.exceptions import UsageError
-from bids_affect.steps import decoding, occlusion, rsa
+from bids_affect.steps import (
+    decoding,
+    encoding,
+    image_validation,
+    occlusion,
+    rsa,
+    selectivity,
+    synthesis,
+)
 
 
 @dataclass(frozen=True)
@@ -156,9 +164,32 @@ register_analysis(Analysis(
     "rsa", "brain and CNN RDMs compared with Mantel tests",
     options=rsa.RSAOptions, wire=rsa.wire, check=rsa.check_options, methods=rsa_methods,
     outputs=("rdm", "rsa_statistics")))
-register_analysis(Analysis("encoding", "voxelwise encoding models of stimulus CNN features",
-                           available=False))
-register_analysis(Analysis("selectivity", "emotion selectivity of CNN channels",
-                           available=False))
-register_analysis(Analysis("synthesis", "stimuli that maximise an ROI's encoding model",
-                           available=False))
+register_analysis(Analysis(
+    "encoding", "voxelwise encoding models of stimulus features (movies through image CNNs, "
+                "or BIDS stimulus recordings), with nulls and ROI tables",
+    options=encoding.EncodingOptions, wire=encoding.wire, check=encoding.check_options,
+    methods=encoding.methods,
+    outputs=("encoding_map", "encoding_roi", "encoding", "encoding_model", "stim_recording")))
+# ---- Stimulus models (issue 13; helper I) ----
+register_analysis(Analysis(
+    "selectivity", "emotion-selective channels of an image CNN on affective image sets, "
+                   "their gain and lesion against random channels (group level only)",
+    options=selectivity.SelectivityOptions, wire_group=selectivity.wire_group,
+    check=selectivity.check_options, methods=selectivity.methods,
+    outputs=("selectivity_channels", "selectivity_layers", "selectivity_overlap",
+             "selectivity_gainlesion", "selectivity_gaincurves", "selectivity_table1",
+             "selectivity_figure")))
+register_analysis(Analysis(
+    "image-validation", "each subject's encoding models on affective images: predicted ROI "
+                        "responses regressed on valence and arousal",
+    options=image_validation.ImageValidationOptions, wire=image_validation.wire,
+    wire_group=image_validation.wire_group, check=image_validation.check_options,
+    methods=image_validation.methods,
+    outputs=("image_responses", "image_regression", "group_image_regression")))
+register_analysis(Analysis(
+    "synthesis", "images that maximise each ROI's encoding model, and their separability",
+    options=synthesis.SynthesisOptions, wire=synthesis.wire, wire_group=synthesis.wire_group,
+    check=synthesis.check_options, methods=synthesis.methods,
+    outputs=("synthesis_image", "synthesis_responses", "synthesis_separability",
+             "synthesis_confusion", "group_separability", "group_separability_test",
+             "group_synthesis_confusion")))

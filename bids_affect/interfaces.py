@@ -74,7 +74,7 @@ class RunStep(SimpleInterface):
                     raise
                 # Name the subject and step: "decoding needs at least 2 classes" alone
                 # does not say whose data.
-                raise type(err)(f"{label}: {err.problem}", path=err.path,
-                                fix=err.fix) from err
+                problem = f"{err.path}: {err.problem}" if err.path else err.problem
+                raise type(err)(f"{label}: {problem}", fix=err.fix) from err
         self._results["out_dir"] = str(out_dir)
         return runtime

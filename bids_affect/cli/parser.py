@@ -201,9 +201,10 @@ def _check_roi_atlas(config: Config) -> None:
     if analysis.roi_atlas is None:
         return
     option = f"--roi-atlas {analysis.roi_atlas}"
-    if "rsa" not in analysis.analyses:
-        raise UsageError(f"{option}: the ROIs serve per-region analyses (rsa), and none is "
-                         "asked", fix="add rsa to --analyses, or leave --roi-atlas out")
+    if not {"rsa", "encoding"} & set(analysis.analyses):
+        raise UsageError(f"{option}: the ROIs serve per-region analyses (rsa, encoding), and "
+                         "none is asked", fix="add rsa or encoding to --analyses, or leave "
+                                              "--roi-atlas out")
     try:
         roi_atlas = parse_roi_atlas(analysis.roi_atlas)
     except BidsAffectError as err:
@@ -244,6 +245,22 @@ def _check_locations(config: Config) -> None:
                              for name, path in execution.derivatives.items()}
 
 
+def _check_list_choices(config: Config) -> None:
+    """Each item of a list option is one of its choices (argparse checks single values)."""
+    for section_name, section_class in config_sections().items():
+        for spec in option_fields(section_class):
+            values = getattr(config.section(section_name), spec.name)
+            choices = choices_of(spec)
+            if choices is None or spec.metadata.get("open_choices") or \
+                    not isinstance(values, list):
+                continue
+            for value in values:
+                if value not in choices:
+                    flag = flags_of(section_class, spec)[0]
+                    raise UsageError(f"{flag}: {value!r} is unknown",
+                                     fix=f"use one of {', '.join(choices)}")
+
+
 def check_config(config: Config) -> None:
     """Cross-option checks; raise exit-coded errors naming the option."""
     from bids_affect.analyses import ANALYSES, check_analyses
@@ -270,6 +287,7 @@ def check_config(config: Config) -> None:
     check_selection_labels(execution.task_id, "task_id")
     if execution.bids_filters is not None:  # from --config-file: checked as the file would be
         build_queries(execution.bids_filters)
+    _check_list_choices(config)
     analysis = config.analysis
     analysis.analyses = check_analyses(analysis.analyses, analysis.models,
                                        execution.analysis_level)

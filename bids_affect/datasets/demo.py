@@ -18,15 +18,20 @@ from bids_affect.datasets.synthetic import make_synthetic_dataset
 
 #: The demo dataset: 2 subjects, 3 runs of 5 minutes, a coarse MNI-like grid.
 DEMO_DATASET = dict(n_subjects=2, n_runs=3, n_volumes=150, shape=(16, 19, 16), tr=2.0,
-                    signal=2.0, noise=1.0, seed=2026)
+                    signal=2.0, noise=1.0, seed=2026, stimulus="movie", encoding_signal=2.0)
 
 #: The demo's analyses: a ridge decoder (1,000 permutations), the small CNN of seeds
 #: 001/004 with few epochs and permutations (each permutation retrains it; a real study
-#: uses more), its occlusion maps, and RSA.
-DEMO_ARGUMENTS = ("--labels", "studyforrest-5", "--analyses", "decoding,occlusion,rsa",
+#: uses more), its occlusion maps, RSA, and encoding models of the demo's movie: its
+#: frames through AlexNet's conv1 with random weights (no weights are downloaded; the
+#: planted voxels follow the movie's luminance and contrast, which such a layer keeps).
+DEMO_ARGUMENTS = ("--labels", "studyforrest-5", "--analyses", "decoding,occlusion,rsa,encoding",
                   "--models", "ridge,cnn-deepemotion", "--epochs", "10",
                   "--n-permutations-cnn", "3", "--occlusion-samples", "3",
-                  "--occlusion-threshold", "0.5", "--top-k", "50", "--random-seed", "2026")
+                  "--occlusion-threshold", "0.5", "--top-k", "50",
+                  "--feature-network", "alexnet", "--feature-layer", "conv1",
+                  "--feature-weights", "random", "--encoding-permutations", "200",
+                  "--random-seed", "2026")
 
 
 def make_demo_dataset(folder: Path) -> Path:

@@ -94,6 +94,10 @@ class SyntheticParameters:
     seed: int = 0
     subject_labels: tuple[str, ...] = field(default_factory=tuple)
     sessions: tuple[str, ...] = field(default_factory=tuple)
+    stimulus: str | None = None
+    encoding_signal: float = 0.0
+    movie_fps: float = 10.0
+    movie_size: tuple[int, int] = (32, 32)
 
 
 def make_synthetic_dataset(path: str | Path, *, null: bool = False, **params) -> Path:
@@ -114,7 +118,13 @@ def make_synthetic_dataset(path: str | Path, *, null: bool = False, **params) ->
         (``"spm"`` canonical HRF or ``"delay"``: a boxcar shifted by
         ``hrf_lag``), ``start_time`` (written as ``StartTime``),
         ``with_derivatives``, ``seed``, ``subject_labels`` (default 01, 02...),
-        ``sessions`` (session labels, each holding every run; default none).
+        ``sessions`` (session labels, each holding every run; default none),
+        ``stimulus`` (None; ``"movie"``: a synthetic movie per run in ``stimuli/``,
+        named by a ``stim_file`` event at onset 0; ``"recording"``: its visual
+        properties as ``recording-visual_stim`` files; ``"both"``),
+        ``encoding_signal`` (amplitude of voxels in the right amygdala driven by
+        the movie's luminance and contrast through the HRF; needs ``stimulus``),
+        ``movie_fps``, ``movie_size``.
 
     Returns
     -------
@@ -147,6 +157,8 @@ def make_synthetic_dataset(path: str | Path, *, null: bool = False, **params) ->
     if p.with_derivatives:
         _write_fmriprep_description(root / "derivatives" / "fmriprep")
 
+    movies = _write_movies(root, p, n_volumes) if p.stimulus else {}
+    encoding_weights = _encoding_pattern(p, affine, brain, regions, truth)
     p.sessions = tuple(str(label) for label in p.sessions)
     for subject, session in itertools.product(subjects, p.sessions or [None]):
         folder = Path(f"sub-{subject}") / (f"ses-{session}" if session else "") / "func"
@@ -158,12 +170,21 @@ def make_synthetic_dataset(path: str | Path, *, null: bool = False, **params) ->
                 f"run-{run}") if part)
             scenes = make_scenes(n_vol * p.tr + (p.start_time or 0.0), p.classes, p.scene_duration,
                                  p.neutral_fraction, rng)
-            events_table(scenes, p.classes, rng).to_csv(
-                func / f"{entities}_events.tsv", sep="\t", index=False, na_rep="n/a")
+            events = events_table(scenes, p.classes, rng)
+            if run in movies and p.stimulus in ("movie", "both"):
+                events = _with_movie_event(events, movies[run])
+            events.to_csv(func / f"{entities}_events.tsv", sep="\t", index=False,
+                          na_rep="n/a")
             times = np.arange(n_vol) * p.tr + (p.start_time or 0.0)
             drive = class_drive(scenes, p.classes, times, p.hrf, p.hrf_lag)
             motion = _motion_parameters(n_vol, rng)
-            data = _bold_data(p, brain, patterns, drive, motion, rng)
+            extra = None
+            if encoding_weights is not None:
+                extra = (visual_drive(movies[run], times), encoding_weights)
+            data = _bold_data(p, brain, patterns, drive, motion, rng, extra)
+            if p.stimulus in ("recording", "both"):
+                _write_recording(func / f"{entities}_recording-visual_stim.tsv.gz",
+                                 movies[run])
             image = _bold_image(data, affine, p.tr)
             image.to_filename(func / f"{entities}_bold.nii.gz")
             true_labels = labels_at(scenes, times - p.hrf_lag)
@@ -379,8 +400,13 @@ def _ar1_noise(n_volumes: int, n_voxels: int, coefficient: float,
 
 
 def _bold_data(p: SyntheticParameters, brain: np.ndarray, patterns: np.ndarray,
-               drive: np.ndarray, motion: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """BOLD time series (x, y, z, t) as float32 in scanner-like units."""
+               drive: np.ndarray, motion: np.ndarray, rng: np.random.Generator,
+               extra: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """BOLD time series (x, y, z, t) as float32 in scanner-like units.
+
+    ``extra``: a drive (n_volumes,) and a spatial pattern added with amplitude
+    ``encoding_signal`` (the planted encoding voxels).
+    """
     n_vol = drive.shape[0]
     in_brain = np.flatnonzero(brain)
     n_vox = in_brain.size
@@ -389,6 +415,9 @@ def _bold_data(p: SyntheticParameters, brain: np.ndarray, patterns: np.ndarray,
     if p.signal:
         weights = patterns.reshape(len(p.classes), -1)[:, in_brain]
         percent += p.signal * p.noise * (drive @ weights)
+    if extra is not None:
+        visual, pattern = extra
+        percent += p.encoding_signal * p.noise * np.outer(visual, pattern.reshape(-1)[in_brain])
     t = np.linspace(-1, 1, n_vol)[:, None]
     slopes = rng.normal(0, 1, size=(3, n_vox)).astype(np.float32)
     percent += p.drift * (t * slopes[0] + (t**2 - 1 / 3) * slopes[1]
@@ -412,6 +441,98 @@ def _bold_image(data: np.ndarray, affine: np.ndarray, tr: float) -> nib.Nifti1Im
     image.header.set_qform(affine, code=1)
     image.header.set_sform(affine, code=4)
     return image
+
+
+# --------------------------------------------------------------------------- stimuli
+
+#: Where the voxels driven by the movie are planted (MNI mm): the right amygdala.
+ENCODING_CENTRE_MM = (24.0, -4.0, -18.0)
+
+#: The movie properties that drive the planted encoding voxels, and their weights.
+VISUAL_DRIVE = {"luminance": 1.0, "rms_contrast": 0.7}
+
+
+def _write_movies(root: Path, p: SyntheticParameters, n_volumes: Sequence[int]
+                  ) -> dict[int, pd.DataFrame]:
+    """One synthetic movie per run in ``stimuli/`` (shared by the subjects); its frames' truth."""
+    from bids_affect.datasets.movie import write_synthetic_movie
+
+    if p.stimulus not in ("movie", "recording", "both"):
+        raise ValueError(f"stimulus must be None, 'movie', 'recording' or 'both', got "
+                         f"{p.stimulus!r}")
+    movies = {}
+    for run, n_vol in enumerate(n_volumes, start=1):
+        duration = n_vol * p.tr + (p.start_time or 0.0) + p.tr
+        truth = write_synthetic_movie(root / "stimuli" / f"{p.task}_run-{run}.mp4",
+                                      duration=duration, fps=p.movie_fps,
+                                      size=tuple(p.movie_size), scene_duration=(4.0, 12.0),
+                                      seed=p.seed * 1000 + run)
+        truth.attrs["stim_file"] = f"{p.task}_run-{run}.mp4"
+        truth.attrs["duration"] = duration
+        movies[run] = truth
+    if p.stimulus == "recording":  # the movies were only the recordings' source
+        import shutil
+
+        shutil.rmtree(root / "stimuli")
+    return movies
+
+
+def _with_movie_event(events: pd.DataFrame, movie: pd.DataFrame) -> pd.DataFrame:
+    """The run's events plus the movie's presentation: onset 0, ``stim_file``, no label."""
+    row = {column: 0.0 for column in events.columns if column.startswith("e_")}
+    row.update(onset=0.0, duration=movie.attrs["duration"], trial_type=None, character="n/a",
+               stim_file=movie.attrs["stim_file"])
+    table = pd.concat([pd.DataFrame([row]), events.assign(stim_file=None)],
+                      ignore_index=True)
+    return table[[*events.columns, "stim_file"]]
+
+
+def visual_drive(movie: pd.DataFrame, times: np.ndarray, dt: float = 0.1) -> np.ndarray:
+    """The planted encoding response: z-scored luminance and contrast through the HRF.
+
+    Frame values are held until the next frame, convolved with the canonical
+    HRF and read at the volumes' acquisition ``times``; the result is z-scored.
+    """
+    frame_times = movie["time"].to_numpy(float)
+    signal = sum(weight * stats.zscore(movie[name].to_numpy(float))
+                 for name, weight in VISUAL_DRIVE.items())
+    grid = np.arange(0.0, float(np.max(times)) + dt, dt)
+    held = signal[np.clip(np.searchsorted(frame_times, grid, side="right") - 1, 0, None)]
+    kernel = canonical_hrf(dt)
+    response = np.convolve(held, kernel / kernel.sum())[: len(grid)]
+    drive = np.interp(times, grid, response)
+    return ((drive - drive.mean()) / drive.std()).astype(np.float32)
+
+
+def _encoding_pattern(p: SyntheticParameters, affine: np.ndarray, brain: np.ndarray,
+                      regions: np.ndarray, truth: Path) -> np.ndarray | None:
+    """Weights of the planted encoding voxels (a ball in the right amygdala), or None."""
+    if not p.encoding_signal:
+        return None
+    if not p.stimulus:
+        raise ValueError("encoding_signal needs a stimulus ('movie', 'recording' or 'both')")
+    rng = np.random.default_rng(p.seed + 7919)  # its own stream: the rest stays as it was
+    voxel = float(abs(affine[0, 0]))
+    ijk = np.indices(brain.shape).reshape(3, -1).T
+    xyz = nib.affines.apply_affine(affine, ijk).reshape(*brain.shape, 3)
+    distance = np.linalg.norm(xyz - np.asarray(ENCODING_CENTRE_MM), axis=-1)
+    ball = (distance <= max(14.0, 1.6 * voxel)) & brain & (regions == 0)
+    if not ball.any():
+        ball = (distance <= distance[brain & (regions == 0)].min() + 1e-6) & brain
+    weights = np.zeros(brain.shape, np.float32)
+    weights[ball] = rng.uniform(0.7, 1.3, int(ball.sum()))
+    nib.Nifti1Image(ball.astype(np.int16), affine).to_filename(truth / "encoding_mask.nii.gz")
+    return weights
+
+
+def _write_recording(path: Path, movie: pd.DataFrame) -> None:
+    """The movie's visual properties as a BIDS continuous recording (``recording-visual``)."""
+    from bids_affect.features import FeatureSet, write_stim_recording
+
+    columns = ["luminance", "r", "g", "b", "rms_contrast"]
+    features = FeatureSet.regular("visual", movie[columns].to_numpy(np.float32),
+                                  float(movie.attrs["fps"]), start_time=0.0, columns=columns)
+    write_stim_recording(features, path)
 
 
 # --------------------------------------------------------------------------- files

@@ -41,11 +41,11 @@ from bids_affect.exceptions import OutputError, UsageError
 BIDS_VERSION = "1.10.0"
 
 #: Order of entities in file names (BIDS order, then the statistics entities).
-ENTITY_ORDER = ("subject", "session", "task", "acquisition", "run", "space", "desc",
-                "contrast", "stat")
+ENTITY_ORDER = ("subject", "session", "task", "acquisition", "run", "recording", "space",
+                "desc", "contrast", "stat")
 ENTITY_KEYS = {"subject": "sub", "session": "ses", "task": "task", "acquisition": "acq",
-               "run": "run", "space": "space", "desc": "desc", "contrast": "contrast",
-               "stat": "stat"}
+               "run": "run", "recording": "recording", "space": "space", "desc": "desc",
+               "contrast": "contrast", "stat": "stat"}
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,11 @@ OUTPUTS: dict[str, OutputKind] = {
     "rdm": OutputKind("rdm", ".tsv", "func", _MODEL),
     "rsa_statistics": OutputKind("statistics", ".tsv", "func", _SUBJECT_TASK, {"desc": "rsa"}),
     "figure": OutputKind("figure", None, "figures", ("subject",)),
-    "encoding_map": OutputKind("statmap", ".nii.gz", "func", ("subject", "task", "space",
-                                                              "desc"), {"stat": "r"}),
+    "encoding_map": OutputKind("statmap", ".nii.gz", "func", (*_MODEL, "stat")),
     "encoding_roi": OutputKind("roi", ".tsv", "func", _MODEL),
+    "encoding": OutputKind("encoding", ".json", "func", _MODEL),
+    "encoding_model": OutputKind("encoder", ".npz", "models", _MODEL),
+    "stim_recording": OutputKind("stim", ".tsv.gz", "func", ("subject", "task", "recording")),
     "report": OutputKind("", ".html", ".", ("subject",)),
     "group_report": OutputKind("group", ".html", ".", ()),
     "group_withinsubject": OutputKind("withinsubject", ".tsv", "group", ("task", "desc")),
@@ -106,6 +108,34 @@ OUTPUTS: dict[str, OutputKind] = {
     "group_statmap": OutputKind("statmap", ".nii.gz", "group", ("task", "space", "desc"),
                                 {"stat": "t"}),
     "group_figure": OutputKind("figure", None, "group/figures", ("task",)),
+    # ---- Stimulus models (issue 13; proposed by helper I, for the lead's review) ----
+    # Channel selectivity runs at the group level only, on image sets: no subject, no
+    # task; desc is the image network (vgg16...).
+    "selectivity_channels": OutputKind("selectivity", ".tsv", "group", ("desc",)),
+    "selectivity_layers": OutputKind("layers", ".tsv", "group", ("desc",)),
+    "selectivity_overlap": OutputKind("overlap", ".tsv", "group", ("desc",)),
+    "selectivity_gainlesion": OutputKind("gainlesion", ".tsv", "group", ("desc",)),
+    "selectivity_gaincurves": OutputKind("gaincurves", ".tsv", "group", ("desc",)),
+    "selectivity_table1": OutputKind("table1", ".tsv", "group", ("desc",)),
+    # Figures of an analysis without a task; the caller names them with ``suffix``.
+    "selectivity_figure": OutputKind("figure", ".svg", "group/figures", ("desc",)),
+    # Encoding models on affective images (desc: the encoding model's feature set).
+    "image_responses": OutputKind("imageresponses", ".tsv", "func", _MODEL),
+    "image_regression": OutputKind("imageregression", ".tsv", "func", _MODEL),
+    "group_image_regression": OutputKind("imageregression", ".tsv", "group",
+                                         ("task", "desc")),
+    # Synthesised images: sub-X/images/, one PNG per image, named by the caller's
+    # ``suffix`` (image01...): the "figure" suffix marks a folder of caller-named files.
+    "synthesis_image": OutputKind("figure", ".png", "images", (*_MODEL, "contrast")),
+    "synthesis_responses": OutputKind("synthesis", ".tsv", "func", _MODEL),
+    "synthesis_separability": OutputKind("separability", ".tsv", "func", _MODEL),
+    "synthesis_confusion": OutputKind("targetconfusion", ".tsv", "func", _MODEL),
+    "group_separability": OutputKind("separability", ".tsv", "group", ("task", "desc")),
+    "group_separability_test": OutputKind("separabilitytest", ".tsv", "group",
+                                          ("task", "desc")),
+    "group_synthesis_confusion": OutputKind("targetconfusion", ".tsv", "group",
+                                            ("task", "desc")),
+    # ---- end of the stimulus-model block ----
 }
 
 #: Kinds whose files live in folders the validator skips as a whole.
@@ -279,7 +309,8 @@ def output_kind(path: Path, kinds: Iterable[str] | None = None) -> str | None:
 def sidecar_path(path: Path) -> Path:
     """The JSON sidecar of a data file (same name, ``.json`` extension)."""
     name = Path(path).name
-    for ext in (".nii.gz", ".tsv", ".pt", ".joblib", ".nii", ".npy", ".svg", ".png"):
+    for ext in (".nii.gz", ".tsv.gz", ".tsv", ".pt", ".joblib", ".nii", ".npy", ".npz", ".svg",
+                ".png"):
         if name.endswith(ext):
             return Path(path).with_name(name[: -len(ext)] + ".json")
     raise UsageError(f"no sidecar naming rule for {name}")

@@ -96,6 +96,9 @@ class RunRecord:
     mask: Path | None = None
     confounds: Path | None = None
     entities: Mapping[str, Any] = field(default_factory=dict)
+    #: Continuous stimulus recordings (``recording-NAME_stim``) that apply to the run:
+    #: name -> {"path": file, "metadata": its sidecar, inheritance applied}.
+    stim_recordings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -115,7 +118,8 @@ class RunRecord:
             if isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, Mapping):
-                value = dict(value)
+                value = {key: dict(item) if isinstance(item, Mapping) else item
+                         for key, item in value.items()}
             out[name] = value
         return out
 
@@ -645,10 +649,19 @@ def _run_record(layout, bold, space: str | None) -> RunRecord:
         run=_as_int(entities.get("run")), raw_bold=path, bold=path, tr=tr,
         n_volumes=shape[3], shape=shape, start_time=start_time, slice_timing=slice_timing,
         events=_find_events(layout, bold), entities=entities,
+        stim_recordings=_stim_recordings(layout, entities),
     )
     if space is not None:
         record.update(_find_fmriprep_files(layout, entities, space, path))
     return RunRecord(**record)
+
+
+def _stim_recordings(layout, entities: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run's ``recording-NAME_stim`` files with their (inherited) sidecars."""
+    from bids_affect.features import find_stim_recordings
+
+    return {name: {"path": str(path), "metadata": dict(layout.get_metadata(str(path)))}
+            for name, path in find_stim_recordings(layout, entities).items()}
 
 
 def _as_int(value):

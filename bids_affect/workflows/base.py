@@ -230,10 +230,14 @@ def _participant_level(config: Config, derivative_dirs: dict[str, Path],
     files.workflow_started = True
     try:
         run_workflow(wf, config)
-    finally:
-        # As fMRIPrep: the log and the reports are written after a failure too.
+    except BaseException:
+        # As fMRIPrep: the log and the reports (of what finished) are written after a
+        # failure too.
         copy_run_log(log_path, execution.output_dir, subjects, execution.run_id)
-        _reports(execution.output_dir, subjects, group=False)
+        _reports(execution.output_dir, subjects, group=False, failed=True)
+        raise
+    copy_run_log(log_path, execution.output_dir, subjects, execution.run_id)
+    _reports(execution.output_dir, subjects, group=False)
 
 
 def _group_level(config: Config, links: dict[str, Path], files: RunFiles,
@@ -263,16 +267,21 @@ def _group_level(config: Config, links: dict[str, Path], files: RunFiles,
     print(summary_table(execution.output_dir))
 
 
-def _reports(output_dir: Path, subjects: Sequence[str], group: bool) -> None:
+def _reports(output_dir: Path, subjects: Sequence[str], group: bool,
+             failed: bool = False) -> None:
     """Write the HTML reports of ``subjects`` (and the group's), from the derivatives.
 
-    A report that cannot be built is a warning, never the run's failure.
+    A report that cannot be built is a warning, never the run's failure; after a
+    failure, subjects with no output yet get no report and no warning.
     """
     from bids_affect.reports import build_group_report, build_subject_report
 
     for subject in subjects:
         try:
             path = build_subject_report(output_dir, subject)
+        except InputMissingError as err:
+            if not failed:
+                LOGGER.warning("sub-%s: the HTML report was not written (%s).", subject, err)
         except (BidsAffectError, OSError, ValueError) as err:
             LOGGER.warning("sub-%s: the HTML report was not written (%s).", subject, err)
         else:
@@ -402,6 +411,7 @@ def prepare_participant_level(config: Config, derivative_dirs: dict[str, Path],
 def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRecord]],
                         label_spec: dict[str, Any], links: dict[str, Path]) -> pe.Workflow:
     """The participant-level workflow: one sub-workflow per subject and task."""
+    from bids_affect.steps.encoding import FEATURE_CACHE
     from bids_affect.workflows.participant import init_participant_wf
 
     analysis = config.analysis
@@ -418,7 +428,8 @@ def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRec
             output_dir=config.execution.output_dir, label_spec=label_spec,
             cleaning=dataclasses.asdict(config.cleaning), analyses=analysis.analyses,
             options=options, shared=shared, master_seed=int(config.seeds.master),
-            provenance=provenance, n_jobs=n_jobs)])
+            provenance=provenance, n_jobs=n_jobs, bids_dir=config.execution.bids_dir,
+            cache_dir=config.execution.work_dir / FEATURE_CACHE)])
     return wf
 
 

@@ -24,7 +24,7 @@ from bids_affect.steps import step_path
 from bids_affect.steps.labels import labels_step, samples_step, write_labels_step
 
 #: Fields of each subject workflow's ``outputnode``.
-OUTPUT_FIELDS = ("labels_dir", "samples_dir", "model_dirs")
+OUTPUT_FIELDS = ("labels_dir", "samples_dir", "model_dirs", "encoding_dir")
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,13 @@ class ParticipantWorkflow:
                  output_dir: Path, label_spec: Mapping[str, Any],
                  cleaning: Mapping[str, Any], options: Mapping[str, Any],
                  shared: SharedSettings, master_seed: int, provenance: Mapping[str, Any],
-                 n_jobs: int = 1, check_data: bool = False, name: str | None = None):
+                 n_jobs: int = 1, check_data: bool = False, name: str | None = None,
+                 bids_dir: Path | None = None, cache_dir: Path | None = None):
         self.subject, self.task = subject, task
+        #: The input dataset (stimuli live in its stimuli/ folder) and a cache shared by
+        #: every subject's steps (movie features): work-directory folders.
+        self.bids_dir = None if bids_dir is None else str(bids_dir)
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.options = dict(options)
         self.shared = shared
         self.n_jobs = n_jobs
@@ -119,6 +124,13 @@ class ParticipantWorkflow:
             self._shared_nodes[key] = make()
         return self._shared_nodes[key]
 
+    def merge(self, name: str, nodes: Sequence[pe.Node]) -> pe.Node:
+        """A node whose ``out`` lists the result folders of ``nodes``, in order."""
+        merge = pe.Node(Merge(len(nodes)), name=name, run_without_submitting=True)
+        for index, node in enumerate(nodes, start=1):
+            self.wf.connect(node, "out_dir", merge, f"in{index}")
+        return merge
+
     def expose(self, field: str, node: pe.Node) -> None:
         """Put ``node``'s result folder on ``outputnode.field`` (a list, in order)."""
         self._exposed.setdefault(field, []).append(node)
@@ -126,11 +138,7 @@ class ParticipantWorkflow:
     def finish(self) -> pe.Workflow:
         """Connect the exposed results to ``outputnode``; the finished workflow."""
         for field, nodes in self._exposed.items():
-            merge = pe.Node(Merge(len(nodes)), name=f"merge_{field}",
-                            run_without_submitting=True)
-            for index, node in enumerate(nodes, start=1):
-                self.wf.connect(node, "out_dir", merge, f"in{index}")
-            self.wf.connect(merge, "out", self.outputnode, field)
+            self.wf.connect(self.merge(f"merge_{field}", nodes), "out", self.outputnode, field)
         return self.wf
 
 
@@ -139,7 +147,9 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
                         cleaning: Mapping[str, Any], analyses: Sequence[str],
                         options: Mapping[str, Any], shared: SharedSettings,
                         master_seed: int, provenance: Mapping[str, Any],
-                        n_jobs: int = 1, name: str | None = None) -> pe.Workflow:
+                        n_jobs: int = 1, name: str | None = None,
+                        bids_dir: Path | None = None,
+                        cache_dir: Path | None = None) -> pe.Workflow:
     """Workflow of one subject and task.
 
     Parameters
@@ -168,6 +178,8 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
         ``Sources`` resolver links and ``Parameters`` for sidecars.
     n_jobs : int
         Processes a step may use.
+    bids_dir, cache_dir : Path, optional
+        The input dataset, and a work-directory folder shared by every subject.
 
     Returns
     -------
@@ -180,7 +192,8 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
     builder = ParticipantWorkflow(
         subject=subject, task=task, runs=runs, output_dir=output_dir, label_spec=label_spec,
         cleaning=cleaning, options=options, shared=shared, master_seed=master_seed,
-        provenance=provenance, n_jobs=n_jobs, check_data=not analyses, name=name)
+        provenance=provenance, n_jobs=n_jobs, check_data=not analyses, name=name,
+        bids_dir=bids_dir, cache_dir=cache_dir)
     for analysis_name in analyses:
         analysis = ANALYSES[analysis_name]
         if analysis.wire is not None:  # None: a group-level analysis

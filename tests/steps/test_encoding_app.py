@@ -1,0 +1,125 @@
+"""The encoding analysis as a user runs it: recordings, movies, native space, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_affect.cli.run import main
+from bids_affect.datasets import make_synthetic_dataset
+from bids_affect.encoding import EncodingModel
+from tests.cli.test_cli import assert_one_line_error
+
+FAST = ["--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1", "--random-seed", "1",
+        "--analyses", "encoding", "--encoding-permutations", "20"]
+MOVIE = ["--feature-weights", "random", "--feature-layer", "conv1",
+         "--feature-sets", "alexnetconv1"]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Voxels of the right amygdala driven by the movie's luminance and contrast."""
+    root = tmp_path_factory.mktemp("encoding")
+    make_synthetic_dataset(root / "bids", n_subjects=1, n_runs=3, n_volumes=60,
+                           shape=(12, 14, 12), signal=1.0, stimulus="both",
+                           encoding_signal=2.0, seed=4)
+    return root
+
+
+def _statmap(out: Path, desc: str, stat: str) -> np.ndarray:
+    (path,) = (out / "sub-01" / "func").glob(f"*_desc-{desc}_stat-{stat}_statmap.nii.gz")
+    return np.asarray(nib.load(path).dataobj)
+
+
+def _check_planted_found(root: Path, out: Path, desc: str) -> None:
+    planted = np.asarray(nib.load(root / "bids/sourcedata/groundtruth/encoding_mask.nii.gz")
+                         .dataobj) > 0
+    r, pfwe = _statmap(out, desc, "r"), _statmap(out, desc, "pfwe")
+    brain = r != 0
+    assert r[planted].mean() > 0.3 > abs(r[brain & ~planted].mean())
+    assert (pfwe[planted] < 0.05).mean() > 0.5
+    assert (pfwe[brain & ~planted] < 0.05).mean() < 0.02
+
+
+@pytest.mark.slow
+def test_recorded_features_predict_the_planted_voxels(planted):
+    out = planted / "out_recording"
+    code = main([str(planted / "bids"), str(out), "participant", "-w", str(planted / "work"),
+                 *FAST, "--feature-sets", "visual"])
+    assert code == 0
+    _check_planted_found(planted, out, "visual")
+    func = out / "sub-01" / "func"
+    table = pd.read_csv(func / "sub-01_task-movie_desc-visual_roi.tsv", sep="\t")
+    assert {"roi", "n_voxels", "mean_r", "p", "null_low", "null_high",
+            "random_split_r"} <= set(table.columns)
+    metrics = json.loads((func / "sub-01_task-movie_desc-visual_encoding.json").read_text())
+    assert metrics["cv"] == "loro" and metrics["n_folds"] == 3
+    assert metrics["null"]["p_resolution"] == pytest.approx(1 / 21)
+    assert "audit" in metrics and metrics["Parameters"]["n_permutations"] == 20
+    model = EncodingModel.load(out / "sub-01/models/sub-01_task-movie_desc-visual_encoder.npz")
+    assert model.feature_spec["feature_sets"] == ["visual"]
+    assert "Voxelwise encoding models (ridge)" in (out / "logs/CITATION.md").read_text()
+
+
+@pytest.mark.slow
+def test_movie_frames_through_a_cnn_predict_the_planted_voxels(planted):
+    out = planted / "out_movie"
+    code = main([str(planted / "bids"), str(out), "participant", "-w", str(planted / "work"),
+                 *FAST, *MOVIE])
+    assert code == 0
+    _check_planted_found(planted, out, "alexnetconv1")
+    # The computed features are BIDS stim recordings, and the work directory keeps them.
+    recordings = sorted((out / "sub-01" / "func").glob("*_recording-alexnetconv1_stim.tsv.gz"))
+    assert len(recordings) == 3
+    sidecar = json.loads(recordings[0].with_name(recordings[0].name.replace(".tsv.gz", ".json"))
+                         .read_text())
+    assert sidecar["Provenance"]["weights"] == "random" and sidecar["SamplingFrequency"] == 2.0
+    assert len(list((planted / "work" / "feature_cache").glob("alexnetconv1_*.npz"))) == 3
+
+
+def test_native_space_has_no_atlas_rois(tmp_path):
+    make_synthetic_dataset(tmp_path / "bids", n_subjects=1, n_runs=2, n_volumes=40,
+                           shape=(8, 9, 8), stimulus="recording", encoding_signal=1.0,
+                           with_derivatives=False, seed=2)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "bids"), str(out), "participant", "-w", str(tmp_path / "work"),
+                 *FAST]) == 0
+    table = pd.read_csv(out / "sub-01/func/sub-01_task-movie_desc-visual_roi.tsv", sep="\t")
+    assert table["roi"].tolist() == ["mask"]
+    maps = list((out / "sub-01" / "func").glob("*_stat-r_statmap.nii.gz"))
+    assert maps and all("_space-" not in path.name for path in maps)
+    sidecar = json.loads(maps[0].with_name(maps[0].name.replace(".nii.gz", ".json")).read_text())
+    assert "native space" in sidecar["ROIs"]
+
+
+@pytest.mark.parametrize(("options", "code", "fragments"), [
+    (["--feature-layer", "fc9"], 64, ["--feature-layer", "fc7"]),
+    (["--feature-weights", "/no/such/weights.pth"], 64, ["--feature-weights", "no such file"]),
+    (["--feature-sets", "bad-name"], 64, ["bad-name"]),
+    (["--encoding-models", "lasso"], 64, ["lasso"]),
+])
+def test_bad_encoding_options_are_refused_at_parse_time(tmp_path, capsys, options, code,
+                                                        fragments):
+    assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                 "--analyses", "encoding", *options]) == code
+    assert_one_line_error(capsys.readouterr().err, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("options", "code", "fragments"), [
+    ([], 64, ["--feature-weights", "movies"]),  # a movie, and no weights to see it with
+    (["--feature-sets", "nothere"], 66, ["sub-01", "no stimulus features nothere"]),
+])
+def test_missing_features_fail_cleanly(tmp_path, capsys, options, code, fragments):
+    make_synthetic_dataset(tmp_path / "bids", n_subjects=1, n_runs=2, n_volumes=30,
+                           shape=(6, 7, 6), stimulus="movie", with_derivatives=False, seed=2)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "bids"), str(out), "participant", "-w", str(tmp_path / "work"),
+                 *FAST, *options]) == code
+    assert_one_line_error(capsys.readouterr().err, *fragments)
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
