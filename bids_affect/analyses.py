@@ -19,10 +19,10 @@ Examples
 ['decoding']
 >>> check_analyses(["none"], ["ridge"])
 []
->>> check_analyses(["encoding"], ["ridge"])
+>>> check_analyses(["encodings"], ["ridge"])
 Traceback (most recent call last):
 ...
-bids_affect.exceptions.UsageError: analyses: 'encoding' is not available in bids_affect ...
+bids_affect.exceptions.UsageError: analyses: 'encodings' is unknown; fix: use one of ...
 """
 
 from __future__ import annotations

@@ -132,8 +132,10 @@ def methods_boilerplate(config: Config) -> str:
     from bids_affect.analyses import ANALYSES
 
     analyses = config.analysis.analyses
-    parts = [f"Analyses were performed with bids_affect {__version__}.", _labels(config)]
-    if analyses:
+    parts = [f"Analyses were performed with bids_affect {__version__}."]
+    if not analyses or any(ANALYSES[name].wire is not None for name in analyses):
+        parts.append(_labels(config))  # group-only analyses (images) read no fMRI
+    if any(ANALYSES[name].wire is not None for name in analyses):
         parts.append(_cleaning(config))
     if decoded_models(config) and "decoding" not in analyses:
         parts.append(decoding_methods(config))

@@ -179,7 +179,7 @@ class ExecutionConfig:
         default_text="all", help="tasks to process")
     bids_filters: dict[str, Any] | None = None
     derivatives: dict[str, Path] = option(
-        default_factory=dict, flags=("-d", "--derivatives"), nargs="+",
+        default_factory=dict, flags=("-d", "--derivatives"), nargs="+", action="extend",
         type=converters.name_path, metavar="NAME=PATH",
         default_text="fMRIPrep outputs found in bids_dir/derivatives/",
         help="fMRIPrep derivatives to use")

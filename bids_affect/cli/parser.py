@@ -83,7 +83,7 @@ def _add_option(group: argparse._ArgumentGroup, section_name: str, section_class
                               "help": option_help(spec)}
     if meta.get("action"):
         kwargs["action"] = meta["action"]
-    else:
+    if meta.get("action") in (None, "extend", "append"):
         for key in ("type", "metavar", "nargs"):
             if meta.get(key) is not None:
                 kwargs[key] = meta[key]
@@ -201,10 +201,10 @@ def _check_roi_atlas(config: Config) -> None:
     if analysis.roi_atlas is None:
         return
     option = f"--roi-atlas {analysis.roi_atlas}"
-    if not {"rsa", "encoding"} & set(analysis.analyses):
-        raise UsageError(f"{option}: the ROIs serve per-region analyses (rsa, encoding), and "
-                         "none is asked", fix="add rsa or encoding to --analyses, or leave "
-                                              "--roi-atlas out")
+    if not {"rsa", "encoding", "image-validation", "synthesis"} & set(analysis.analyses):
+        raise UsageError(f"{option}: the ROIs serve per-region analyses (rsa, encoding and "
+                         "what reads its models), and none is asked",
+                         fix="add rsa or encoding to --analyses, or leave --roi-atlas out")
     try:
         roi_atlas = parse_roi_atlas(analysis.roi_atlas)
     except BidsAffectError as err:

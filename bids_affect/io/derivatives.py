@@ -140,7 +140,7 @@ OUTPUTS: dict[str, OutputKind] = {
 
 #: Kinds whose files live in folders the validator skips as a whole.
 _FOLDER_PATTERNS = {"models": "sub-*/models", "figures": "sub-*/figures", "group": "group",
-                    "group/figures": "group"}
+                    "group/figures": "group", "images": "sub-*/images"}
 
 
 def bidsignore_patterns(kinds: Iterable[str]) -> list[str]:

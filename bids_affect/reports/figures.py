@@ -354,3 +354,275 @@ def plot_subject_scores(table: pd.DataFrame, *, title: str | None = None) -> Fig
     if title:
         ax.set_title(title)
     return figure
+
+
+# --------------------------------------------------------------------------- stimulus models
+
+
+def _layer_order(values: pd.Series) -> list[str]:
+    """Layers in order of first appearance (the network's forward order in the tables)."""
+    return [str(v) for v in pd.unique(values.astype(str))]
+
+
+def plot_tuning_curves(channels: pd.DataFrame, *, layer: str | None = None,
+                       title: str | None = None) -> Figure:
+    """Mean tuning curve of the kept channels, grouped by preferred category (seed 002).
+
+    Parameters
+    ----------
+    channels : DataFrame
+        A selectivity table (``layer``, ``preferred``, ``kept``, ``tuning_CATEGORY``
+        columns; ``network`` and ``image_set`` when present): the trained
+        network's rows are drawn, one panel per image set.
+    layer : str, optional
+        The layer drawn (default the deepest, the table's last).
+    title : str, optional
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"layer": "relu5", "preferred": ["pleasant", "neutral"],
+    ...                       "kept": True, "tuning_pleasant": [1.0, -0.5],
+    ...                       "tuning_neutral": [-1.0, 0.5]})
+    >>> len(plot_tuning_curves(table).axes)
+    1
+    """
+    rows = channels[channels["network"] == "trained"] if "network" in channels else channels
+    layer = layer or _layer_order(rows["layer"])[-1]
+    rows = rows[(rows["layer"].astype(str) == layer) & rows["kept"].astype(bool)]
+    columns = [c for c in rows.columns if c.startswith("tuning_")]
+    categories = [c.removeprefix("tuning_") for c in columns]
+    sets = (_layer_order(rows["image_set"]) if "image_set" in rows else [None]) or [None]
+    figure = new_figure(1.2 + 3.0 * len(sets), 3.2)
+    axes = np.atleast_1d(figure.subplots(1, len(sets), sharey=True, squeeze=False)[0])
+    colours = class_colours(categories)
+    for ax, name in zip(axes, sets):
+        mine = rows if name is None else rows[rows["image_set"] == name]
+        for category in categories:
+            group = mine[mine["preferred"] == category][columns].to_numpy(dtype=float)
+            if not len(group):
+                continue
+            ax.errorbar(range(len(categories)), group.mean(axis=0), yerr=group.std(axis=0),
+                        marker="o", capsize=3, color=colours[category],
+                        label=f"prefer {category} ({len(group)})")
+        ax.axhline(0, color="0.7", linewidth=0.8)
+        ax.set_xticks(range(len(categories)), categories)
+        ax.set_title(f"{name}, {layer}" if name else layer, fontsize="medium")
+        ax.legend(fontsize="x-small", frameon=False)
+    axes[0].set_ylabel("tuning value (z)")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_selectivity_by_layer(layers: pd.DataFrame, overlap: pd.DataFrame | None = None, *,
+                              title: str | None = None) -> Figure:
+    """Mean SI by layer and, with two image sets, the overlap against its null (seed 002).
+
+    Parameters
+    ----------
+    layers : DataFrame
+        Per layer: ``layer``, ``si_mean`` (``network``, ``image_set`` when present).
+    overlap : DataFrame, optional
+        Overlap rows (``layer``, ``overlap``, ``expected``; ``network``,
+        ``image_set_a``, ``image_set_b``), summed over categories per layer.
+    title : str, optional
+
+    Examples
+    --------
+    >>> layers = pd.DataFrame({"layer": ["relu1", "relu2"], "si_mean": [0.2, 0.6]})
+    >>> len(plot_selectivity_by_layer(layers).axes)
+    1
+    """
+    panels = 2 if overlap is not None and len(overlap) else 1
+    figure = new_figure(4.0 * panels + 1.0, 3.4)
+    axes = np.atleast_1d(figure.subplots(1, panels, squeeze=False)[0])
+    order = _layer_order(layers["layer"])
+    keys = [c for c in ("network", "image_set") if c in layers]
+    groups = layers.groupby(keys, sort=False) if keys else [((), layers)]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        positions = [order.index(str(name)) for name in group["layer"]]
+        style = "--" if "random" in key else "-"
+        axes[0].plot(positions, group["si_mean"], style, marker="o",
+                     label=" ".join(map(str, key)) or None)
+    axes[0].set_xticks(range(len(order)), order, rotation=45, ha="right")
+    axes[0].set_ylabel("mean selectivity index (max d')")
+    if keys:
+        axes[0].legend(fontsize="x-small", frameon=False)
+    if panels == 2:
+        keys = [c for c in ("network", "image_set_a", "image_set_b") if c in overlap]
+        summed = overlap.groupby([*keys, "layer"], sort=False)[["overlap", "expected"]].sum()
+        for key, group in summed.groupby(level=list(range(len(keys))), sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            names = group.index.get_level_values("layer").astype(str)
+            positions = [order.index(name) for name in names]
+            line = axes[1].plot(positions, group["overlap"], "--" if "random" in key else "-",
+                                marker="o", label=f"{' '.join(map(str, key))}: observed")
+            axes[1].plot(positions, group["expected"], ":", color=line[0].get_color(),
+                         label="expected (two random sets)")
+        axes[1].set_xticks(range(len(order)), order, rotation=45, ha="right")
+        axes[1].set_ylabel("channels selective in both sets")
+        axes[1].legend(fontsize="x-small", frameon=False)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_gain_curves(curves: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Readout F1 against the gain alpha: selective channels and random ones (seed 002).
+
+    Parameters
+    ----------
+    curves : DataFrame
+        ``category``, ``channels`` (selective or random), ``alpha``,
+        ``f1_test`` (``image_set``, ``layer`` when present): one row per
+        channel set and alpha; ``alpha = -1`` is the lesion.
+    title : str, optional
+
+    Examples
+    --------
+    >>> curves = pd.DataFrame({"category": "pleasant", "channels": ["selective"] * 2
+    ...                        + ["random"] * 2, "alpha": [0.0, 1.0] * 2,
+    ...                        "f1_test": [0.6, 0.7, 0.6, 0.58]})
+    >>> len(plot_gain_curves(curves).axes)
+    1
+    """
+    sets = _layer_order(curves["image_set"]) if "image_set" in curves else [None]
+    categories = _layer_order(curves["category"])
+    layers = _layer_order(curves["layer"]) if "layer" in curves else [None]
+    figure = new_figure(0.8 + 3.0 * len(categories), 0.6 + 2.6 * len(sets))
+    axes = figure.subplots(len(sets), len(categories), squeeze=False, sharex=True,
+                           sharey=True)
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(layers)))
+    for row, name in enumerate(sets):
+        for column, category in enumerate(categories):
+            ax = axes[row, column]
+            mine = curves[curves["category"] == category]
+            if name is not None:
+                mine = mine[mine["image_set"] == name]
+            for layer, colour in zip(layers, colours):
+                rows = mine if layer is None else mine[mine["layer"].astype(str) == layer]
+                for kind, style in (("selective", "-"), ("random", ":")):
+                    mean = (rows[rows["channels"] == kind].groupby("alpha")["f1_test"]
+                            .mean())
+                    if len(mean):
+                        ax.plot(mean.index, mean.to_numpy(), style, color=colour,
+                                label=(layer or kind) if kind == "selective" else None)
+            ax.set_title(f"{name}: {category}" if name else category, fontsize="small")
+            ax.axvline(0, color="0.8", linewidth=0.8)
+    for ax in axes[-1]:
+        ax.set_xlabel("gain alpha (-1: lesion)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test F1")
+    axes[0, -1].legend(fontsize="x-small", frameon=False, title="solid: selective, "
+                       "dotted: random", title_fontsize="x-small")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_rating_coefficients(table: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Coefficients of the rating terms per ROI: one subject's (with SE) or every subject's.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``roi``, ``term``, ``coef`` and, for one subject, ``se`` (bars with
+        95% intervals); with a ``participant_id`` column holding several
+        subjects, each subject is a point and the group mean a bar.
+    title : str, optional
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"roi": "amygdala", "term": ["valence", "arousal"],
+    ...                       "coef": [0.4, 0.1], "se": [0.1, 0.1]})
+    >>> len(plot_rating_coefficients(table).axes)
+    1
+    """
+    terms = _layer_order(table["term"])
+    rois = _layer_order(table["roi"])
+    subjects = (_layer_order(table["participant_id"]) if "participant_id" in table
+                else [])
+    figure = new_figure(1.5 + 1.2 * len(rois) * max(1, len(terms)) / 2, 3.4)
+    ax = figure.subplots()
+    width = 0.8 / len(terms)
+    colours = class_colours(terms)
+    for j, term in enumerate(terms):
+        rows = table[table["term"] == term]
+        positions = np.arange(len(rois)) + (j - (len(terms) - 1) / 2) * width
+        means = [rows.loc[rows["roi"] == roi, "coef"].mean() for roi in rois]
+        if len(subjects) > 1:
+            ax.bar(positions, means, width * 0.9, color=colours[term], alpha=0.4, label=term)
+            for position, roi in zip(positions, rois):
+                values = rows.loc[rows["roi"] == roi, "coef"].to_numpy(dtype=float)
+                ax.scatter(np.full(len(values), position), values, s=10,
+                           color=colours[term], zorder=3)
+        else:
+            errors = ([1.96 * rows.loc[rows["roi"] == roi, "se"].mean() for roi in rois]
+                      if "se" in rows else None)
+            ax.bar(positions, means, width * 0.9, yerr=errors, capsize=3,
+                   color=colours[term], label=term)
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_xticks(range(len(rois)), rois)
+    ax.set_ylabel("standardised coefficient")
+    ax.legend(fontsize="x-small", frameon=False, ncols=min(len(terms), 4))
+    if title:
+        ax.set_title(title, fontsize="medium")
+    return figure
+
+
+def plot_dendrogram(linkage: np.ndarray, labels: Sequence[str], *,
+                    title: str | None = None) -> Figure:
+    """Hierarchical clustering of the synthesis targets (seed 000's Figure 2).
+
+    Examples
+    --------
+    >>> from scipy.cluster import hierarchy
+    >>> tree = hierarchy.linkage(np.array([[0.0], [1.0], [5.0]]), method="average")
+    >>> len(plot_dendrogram(tree, ["CM", "LB", "SF"]).axes)
+    1
+    """
+    from scipy.cluster import hierarchy
+
+    figure = new_figure(1.5 + 0.6 * len(labels), 3.0)
+    ax = figure.subplots()
+    hierarchy.dendrogram(np.asarray(linkage, dtype=float), labels=list(labels), ax=ax,
+                         color_threshold=0, above_threshold_color="0.2")
+    ax.set_ylabel("distance of mean response profiles")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    return figure
+
+
+def plot_image_grid(images: Mapping[str, Sequence[np.ndarray]], *,
+                    title: str | None = None) -> Figure:
+    """Images in rows, one row per name (the images synthesised for each target).
+
+    Parameters
+    ----------
+    images : mapping of str to sequence of arrays
+        Per row, RGB images ``(height, width, 3)``, uint8 or floats in [0, 1].
+    title : str, optional
+
+    Examples
+    --------
+    >>> grid = plot_image_grid({"CM": [np.zeros((4, 4, 3))] * 2, "LB": [np.ones((4, 4, 3))]})
+    >>> len(grid.axes)
+    4
+    """
+    columns = max(len(row) for row in images.values())
+    figure = new_figure(1.0 + 1.1 * columns, 0.4 + 1.1 * len(images))
+    axes = figure.subplots(len(images), columns, squeeze=False)
+    for row, (name, pictures) in enumerate(images.items()):
+        for column in range(columns):
+            ax = axes[row, column]
+            ax.set_axis_off()
+            if column < len(pictures):
+                ax.imshow(np.asarray(pictures[column]), interpolation="nearest")
+        axes[row, 0].set_axis_on()
+        axes[row, 0].set_xticks([])
+        axes[row, 0].set_yticks([])
+        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+    if title:
+        figure.suptitle(title)
+    return figure

@@ -19,7 +19,7 @@ Its template is ``templates/sections/encoding.html`` and reads ``data``.
 Examples
 --------
 >>> [section.name for section in sections_for("group")]
-['subjects', 'withinsubject', 'methods']
+['subjects', 'withinsubject', 'selectivity', 'imagevalidation', 'synthesis', 'methods']
 """
 
 from __future__ import annotations

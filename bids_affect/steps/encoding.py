@@ -69,7 +69,8 @@ class EncodingOptions:
         default_text="every recording-NAME_stim feature set of the runs, and the movies",
         help="feature sets to encode from (their recording-NAME labels)")
     stimulus_features: dict[str, Path] = option(
-        default_factory=dict, nargs="+", type=converters.name_path, metavar="NAME=PATH",
+        default_factory=dict, nargs="+", action="extend", type=converters.name_path,
+        metavar="NAME=PATH",
         default_text="none",
         help="features of your own: a TSV (with header) or NPY per run, rows sampled from "
              "the run's start; PATH may hold {subject}, {session}, {task}, {run} "
@@ -119,7 +120,8 @@ def check_options(options: EncodingOptions, config: Any) -> None:
     from bids_affect.features import check_recording_name
     from bids_affect.models.image import layer_module
 
-    layer_module(options.feature_network, options.feature_layer)
+    if {"encoding", "image-validation", "synthesis"} & set(config.analysis.analyses):
+        layer_module(options.feature_network, options.feature_layer)
     weights = options.feature_weights
     if weights is not None and weights != "random" and not Path(weights).is_file():
         raise UsageError(f"--feature-weights {weights}: no such file",

@@ -46,7 +46,7 @@ class RSAOptions:
         type=converters.comma_list, metavar="LIST", choices=_methods,
         help="RDM comparisons (comma-separated)")
     reference: dict[str, Path] = option(
-        default_factory=dict, flags=("--rsa-reference",), nargs="+",
+        default_factory=dict, flags=("--rsa-reference",), nargs="+", action="extend",
         type=converters.name_path, metavar="NAME=PATH", default_text="none",
         help="reference RDMs (TSV with a 'class' column and one column per class, 3 or "
              "more) compared with the brain and model RDMs on the classes they share; NAME "

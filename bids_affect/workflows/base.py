@@ -250,11 +250,20 @@ def _group_level(config: Config, links: dict[str, Path], files: RunFiles,
         # Nothing to do at the group level: 66 (naming what is missing) before any write.
         find_decoding_outputs(execution.output_dir, execution.participant_label)
     group_config = participant_settings(config)
-    # The group level describes what the participant level ran; it never rewrites
-    # the participant level's methods (methods=None keeps logs/CITATION.md).
-    derivatives.init_derivatives(execution.output_dir, execution.bids_dir, links,
-                                 methods=None, kinds=["group_withinsubject", "group_report",
-                                                      "group_figure"])
+    # The group level describes what the participant level ran; it never rewrites the
+    # participant level's methods (methods=None keeps logs/CITATION.md). Without a
+    # participant level (a group-only analysis), its own methods are the dataset's.
+    from bids_affect.analyses import ANALYSES
+    from bids_affect.boilerplate import methods_boilerplate
+
+    participant_methods = (execution.output_dir / "logs" / "CITATION.md").is_file()
+    kinds = ["group_withinsubject", "group_report", "group_figure",
+             *(kind for name in group_analyses(config) for kind in ANALYSES[name].outputs)]
+    derivatives.init_derivatives(
+        execution.output_dir, execution.bids_dir, links,
+        methods=None if participant_methods else methods_boilerplate(config),
+        analyses=[name for name in group_analyses(config) if ANALYSES[name].wire is None],
+        kinds=kinds)
     derivatives.write_text(derivatives.log_dir(execution.output_dir, None, execution.run_id)
                            / "bids_affect.toml", group_config.to_toml())
     files.workflow_started = True
@@ -264,7 +273,8 @@ def _group_level(config: Config, links: dict[str, Path], files: RunFiles,
         copy_run_log(log_path, execution.output_dir, [None], execution.run_id)
     subjects = sorted({item.entities["subject"] for item in found})
     _reports(execution.output_dir, subjects, group=True)
-    print(summary_table(execution.output_dir))
+    if found:
+        print(summary_table(execution.output_dir))
 
 
 def _reports(output_dir: Path, subjects: Sequence[str], group: bool,

@@ -9,7 +9,7 @@ Examples
 --------
 >>> from bids_affect.reports.registry import sections_for
 >>> [section.name for section in sections_for("subject")]
-['summary', 'decoding', 'occlusion', 'rsa', 'methods']
+['summary', 'decoding', 'occlusion', 'rsa', 'imagevalidation', 'synthesis', 'methods']
 """
 
 from bids_affect.reports.sections import (  # noqa: F401 (registers the sections)
@@ -18,5 +18,6 @@ from bids_affect.reports.sections import (  # noqa: F401 (registers the sections
     methods,
     occlusion,
     rsa,
+    stimulus_models,
     summary,
 )
