@@ -9,20 +9,18 @@ within-subject decoding table is collected whenever decoding outputs exist.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from nipype.pipeline import engine as pe
 
-from bids_affect.config import derive_seed
-from bids_affect.interfaces import RunStep
-from bids_affect.steps import step_path
 from bids_affect.steps.group import group_withinsubject_step
+from bids_affect.workflows.builder import WorkflowBuilder
 from bids_affect.workflows.participant import SharedSettings
 
 
-class GroupWorkflow:
+class GroupWorkflow(WorkflowBuilder):
     """The group workflow under construction; analyses add their nodes through it."""
 
     def __init__(self, *, output_dir: Path, participant_label: Sequence[str] | None,
@@ -34,30 +32,10 @@ class GroupWorkflow:
         self.participant_label = list(participant_label) if participant_label else None
         self.options = dict(options)
         self.shared = shared
-        self._master_seed = int(master_seed)
-        self.common = {"output_dir": str(output_dir),
-                       "participant_label": self.participant_label,
-                       "provenance": dict(provenance)}
-        self.wf = pe.Workflow(name=name)
-
-    def node(self, step: Callable[..., None], name: str, kwargs: Mapping[str, Any],
-             in_files: Sequence[str] = (), sink: bool = False) -> pe.Node:
-        """A node running ``step`` (see :class:`~bids_affect.interfaces.RunStep`)."""
-        node = pe.Node(RunStep(step=step_path(step), kwargs=dict(kwargs),
-                               progress_label=f"group {name}"),
-                       name=name, overwrite=sink, run_without_submitting=sink)
-        if in_files:
-            node.inputs.in_files = list(in_files)
-        self.wf.add_nodes([node])
-        return node
-
-    def sink(self, step: Callable[..., None], name: str) -> pe.Node:
-        """A sink running ``step`` with the output folder, selection and provenance."""
-        return self.node(step, name, self.common, sink=True)
-
-    def seed(self, *keys: str | int) -> int:
-        """The seed of one piece of the group's work."""
-        return derive_seed(self._master_seed, "group", *keys)
+        super().__init__(pe.Workflow(name=name),
+                         {"output_dir": str(output_dir),
+                          "participant_label": self.participant_label,
+                          "provenance": dict(provenance)}, "group", ("group",), master_seed)
 
 
 def init_group_wf(*, output_dir: Path, participant_label: Sequence[str] | None,

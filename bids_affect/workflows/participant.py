@@ -10,18 +10,16 @@ factory takes every setting as an argument; only
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nipype.interfaces.utility import IdentityInterface, Merge
+from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
-from bids_affect.config import derive_seed
-from bids_affect.interfaces import RunStep
-from bids_affect.steps import step_path
 from bids_affect.steps.labels import labels_step, samples_step, write_labels_step
+from bids_affect.workflows.builder import WorkflowBuilder
 
 #: Fields of each subject workflow's ``outputnode``.
 OUTPUT_FIELDS = ("labels_dir", "samples_dir", "model_dirs", "encoding_dir")
@@ -37,7 +35,7 @@ class SharedSettings:
     roi_atlas: str | None = None
 
 
-class ParticipantWorkflow:
+class ParticipantWorkflow(WorkflowBuilder):
     """One subject's workflow under construction; analyses add their nodes through it.
 
     It holds the labels and samples nodes every analysis reads, builds nodes
@@ -63,15 +61,14 @@ class ParticipantWorkflow:
         self.shared = shared
         self.n_jobs = n_jobs
         self.min_volumes = int(label_spec["min_volumes"])
-        self._master_seed = int(master_seed)
-        self._shared_nodes: dict[Hashable, pe.Node] = {}
         self._exposed: dict[str, list[pe.Node]] = {}
-        self.common = {"output_dir": str(output_dir), "subject": subject, "task": task,
-                       "runs": list(runs), "provenance": dict(provenance)}
+        super().__init__(pe.Workflow(name=name or f"sub_{subject}_task_{task}_wf"),
+                         {"output_dir": str(output_dir), "subject": subject, "task": task,
+                          "runs": list(runs), "provenance": dict(provenance)},
+                         f"sub-{subject}", (subject, task), master_seed)
         self.in_files = sorted({r[key] for r in runs
                                 for key in ("bold", "events", "mask", "confounds")
                                 if r.get(key)})
-        self.wf = pe.Workflow(name=name or f"sub_{subject}_task_{task}_wf")
         self.outputnode = pe.Node(IdentityInterface(fields=list(OUTPUT_FIELDS)),
                                   name="outputnode")
         # Without analyses nothing else reads the BOLD data, so labelling checks it.
@@ -94,42 +91,6 @@ class ParticipantWorkflow:
             self.wf.connect([(self.labels, self._samples, [("out_dir", "labels_dir")]),
                              (self._samples, self.outputnode, [("out_dir", "samples_dir")])])
         return self._samples
-
-    def node(self, step: Callable[..., None], name: str, kwargs: Mapping[str, Any],
-             in_files: Sequence[str] = (), sink: bool = False) -> pe.Node:
-        """A node running ``step`` (see :class:`~bids_affect.interfaces.RunStep`).
-
-        ``in_files`` are inputs whose change must invalidate the node's cache;
-        a ``sink`` always reruns (it only copies finished results into place).
-        """
-        node = pe.Node(RunStep(step=step_path(step), kwargs=dict(kwargs),
-                               progress_label=f"sub-{self.subject} {name}"),
-                       name=name, overwrite=sink, run_without_submitting=sink)
-        if in_files:
-            node.inputs.in_files = list(in_files)
-        self.wf.add_nodes([node])
-        return node
-
-    def sink(self, step: Callable[..., None], name: str) -> pe.Node:
-        """A sink running ``step`` with the subject's output names and provenance."""
-        return self.node(step, name, self.common, sink=True)
-
-    def seed(self, *keys: str | int) -> int:
-        """The seed of one piece of this subject's work (e.g. a decoder's name)."""
-        return derive_seed(self._master_seed, self.subject, self.task, *keys)
-
-    def shared_node(self, key: Hashable, make: Callable[[], pe.Node]) -> pe.Node:
-        """The node ``make()`` builds, built once per ``key`` however many ask."""
-        if key not in self._shared_nodes:
-            self._shared_nodes[key] = make()
-        return self._shared_nodes[key]
-
-    def merge(self, name: str, nodes: Sequence[pe.Node]) -> pe.Node:
-        """A node whose ``out`` lists the result folders of ``nodes``, in order."""
-        merge = pe.Node(Merge(len(nodes)), name=name, run_without_submitting=True)
-        for index, node in enumerate(nodes, start=1):
-            self.wf.connect(node, "out_dir", merge, f"in{index}")
-        return merge
 
     def expose(self, field: str, node: pe.Node) -> None:
         """Put ``node``'s result folder on ``outputnode.field`` (a list, in order)."""
