@@ -10,7 +10,6 @@ from bids_affect.decoding import (
     BalancedRidgeClassifier,
     BlockedKFold,
     LeaveOneRunOut,
-    SoftmaxLinearSVC,
     acquisition_clock,
     check_models,
     circular_shifts,
@@ -282,17 +281,8 @@ def test_blocked_cv_needs_times_for_its_gap_in_seconds(rng):
                   audit=False).metrics["cv"] == "blocked"
 
 
-def _expected_failures(estimator) -> dict[str, str]:
-    # scikit-learn's own list for LinearSVC (liblinear): SoftmaxLinearSVC only adds a method.
-    if isinstance(estimator, SoftmaxLinearSVC):
-        return {name: "as for LinearSVC (scikit-learn's own expected failure)" for name in (
-            "check_sample_weight_equivalence_on_dense_data",
-            "check_sample_weight_equivalence_on_sparse_data")}
-    return {}
-
-
-@parametrize_with_checks([BalancedRidgeClassifier(), SoftmaxLinearSVC(dual="auto")],
-                         expected_failed_checks=_expected_failures)
+# The balanced logistic regression and SVM are checked in tests/decoding/test_linear.py.
+@parametrize_with_checks([BalancedRidgeClassifier()])
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -306,11 +296,14 @@ def test_every_linear_decoder_has_predict_proba_consistent_with_decode(rng, mode
     y = np.repeat([0, 1, 2], 20)
     X[y == 1, :3] += 1.0
     decoder = make_decoder(model, n_features=20, n_samples=60).fit(X, y)
-    proba = decoder.predict_proba(X)
+    # An SVM has no probabilities: decode scores it by the softmax of its decisions.
+    proba = (decoder.predict_proba(X) if hasattr(decoder, "predict_proba")
+             else softmax_of_decision(decoder.decision_function(X)))
+    assert hasattr(decoder, "predict_proba") == (not model.startswith("svm"))
     assert proba.shape == (60, 3)
     np.testing.assert_allclose(proba.sum(axis=1), 1)
     np.testing.assert_array_equal(proba.argmax(axis=1), decoder.predict(X))
-    np.testing.assert_array_equal(_scores(decoder, X, 3), proba)
+    np.testing.assert_allclose(_scores(decoder, X, 3), proba)
     if not model.startswith("logreg"):   # the ridge and SVM scores: softmax of decisions
         np.testing.assert_allclose(proba, softmax_of_decision(decoder.decision_function(X)))
     assert 0 <= decoder.score(X, y) <= 1
@@ -346,7 +339,11 @@ def test_coarse_p_resolution_and_costly_refits_are_announced(rng, caplog, monkey
     assert "20 permutations give p-values no finer than 1/21 = 0.048" in caplog.text
     monkeypatch.setattr(null, "REFIT_NULL_WARNING_S", 0.0)
     caplog.clear()
+    # logreg's null is batched (no refits): no cost warning.
     decode(X, labels, runs, model="logreg", n_permutations=2, n_jobs=2, audit=False)
+    assert "refits all" not in caplog.text
+    # Decoders whose null refits (the CNNs) announce its cost.
+    null.warn_about_cost("cnn-deepemotion", 100, 2, 3.0, 3, refits=True)
     warning = [r for r in caplog.records if "refits all 3 folds" in r.getMessage()]
     assert warning and warning[0].levelname == "WARNING"
     assert "2 parallel job(s)" in warning[0].getMessage()

@@ -49,7 +49,6 @@ from bids_affect.decoding.estimators import (
     REDUCTIONS,
     BalancedRidgeClassifier,
     DecoderSpec,
-    SoftmaxLinearSVC,
     balanced_targets,
     check_models,
     is_cnn,
@@ -59,6 +58,7 @@ from bids_affect.decoding.estimators import (
     softmax_of_decision,
 )
 from bids_affect.decoding.fit import FoldPredictions, cross_validate, random_split_score
+from bids_affect.decoding.linear import BalancedLinearSVC, BalancedLogisticRegression
 from bids_affect.decoding.metrics import (
     balanced_accuracies,
     decoding_metrics,
@@ -75,9 +75,10 @@ from bids_affect.decoding.within import DecodingResult, decode, encode_labels
 from bids_affect.stats.permutation import circular_shifts, draw_shifts, permutation_p_value
 
 __all__ = [
-    "CNN_PREFIX", "CV_SCHEMES", "LINEAR_FAMILIES", "PERMUTATION_SCHEME", "REDUCTIONS",
+    "CNN_PREFIX", "CV_SCHEMES", "BalancedLinearSVC", "BalancedLogisticRegression",
+    "LINEAR_FAMILIES", "PERMUTATION_SCHEME", "REDUCTIONS",
     "BalancedRidgeClassifier", "BlockedKFold", "DecoderSpec", "DecodingResult", "FoldPredictions",
-    "Folds", "LeaveOneRunOut", "NullCheckpoints", "SoftmaxLinearSVC", "acquisition_clock",
+    "Folds", "LeaveOneRunOut", "NullCheckpoints", "acquisition_clock",
     "balanced_accuracies", "balanced_targets", "check_models", "circular_shifts",
     "cross_validate", "cv_splits", "decode", "decoding_metrics", "draw_shifts",
     "encode_labels", "is_cnn", "list_models", "make_cv", "make_decoder", "parse_decoder",

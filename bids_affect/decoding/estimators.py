@@ -27,17 +27,17 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.decomposition import PCA
 from sklearn.feature_selection import SelectPercentile, f_classif
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from bids_affect.decoding.linear import BalancedLinearSVC, BalancedLogisticRegression
 from bids_affect.exceptions import UsageError
 
 __all__ = ["CNN_PREFIX", "LINEAR_FAMILIES", "REDUCTIONS", "BalancedRidgeClassifier",
-           "DecoderSpec", "LinearFamily", "Reduction", "SoftmaxLinearSVC",
+           "DecoderSpec", "LinearFamily", "Reduction",
            "balanced_targets", "check_models", "is_cnn", "list_models", "make_decoder",
            "parse_decoder", "softmax_of_decision"]
 
@@ -102,24 +102,6 @@ class BalancedRidgeClassifier(ClassifierMixin, BaseEstimator):
         return softmax_of_decision(self.decision_function(X))
 
 
-class SoftmaxLinearSVC(LinearSVC):
-    """:class:`~sklearn.svm.LinearSVC` with ``predict_proba``: softmax of its decision values.
-
-    The values are scores, not calibrated probabilities (:func:`softmax_of_decision`);
-    they rank samples as the decision function does, which is what the AUCs need.
-
-    Examples
-    --------
-    >>> X = np.array([[0.0], [0.2], [1.0], [1.2]])
-    >>> SoftmaxLinearSVC().fit(X, [0, 0, 1, 1]).predict_proba(X).shape
-    (4, 2)
-    """
-
-    def predict_proba(self, X):
-        """Softmax of the decision values, columns in the order of ``classes_``."""
-        return softmax_of_decision(self.decision_function(X))
-
-
 def softmax_of_decision(decision: np.ndarray) -> np.ndarray:
     """Softmax over classes of decision values; ``d`` of a binary decoder counts as ``[-d, d]``.
 
@@ -154,7 +136,8 @@ def balanced_targets(onehot: np.ndarray) -> np.ndarray:
 
 # Saved decoders (joblib pickles) name their class by module: the public package, so a
 # model file stays loadable whatever the internal layout (numpy's set_module habit).
-BalancedRidgeClassifier.__module__ = SoftmaxLinearSVC.__module__ = "bids_affect.decoding"
+for _estimator in (BalancedRidgeClassifier, BalancedLogisticRegression, BalancedLinearSVC):
+    _estimator.__module__ = "bids_affect.decoding"
 
 
 # --------------------------------------------------------------------------- the table
@@ -173,11 +156,14 @@ class LinearFamily:
     the squared norm of a sample grows with p, and so does the Gram matrix.
     ``algebraic_null``: its predictions are linear in the training labels, so
     its permutation null needs no refits (:func:`bids_affect.decoding.null.ridge_null`).
+    ``batched_null``: its permutation null fits every permuted label set of a fold
+    as one batched problem (:func:`bids_affect.decoding.linear.permutation_null_predictions`).
     """
 
     make: Callable[[int, int | None], Any]
     probabilities: str
     algebraic_null: bool = False
+    batched_null: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,13 +190,12 @@ LINEAR_FAMILIES: dict[str, LinearFamily] = {
         lambda n_features, seed: BalancedRidgeClassifier(alpha=float(max(n_features, 1))),
         SOFTMAX_OF_DECISION, algebraic_null=True),
     "logreg": LinearFamily(
-        lambda n_features, seed: LogisticRegression(
-            C=1.0 / max(n_features, 1), max_iter=1000, class_weight="balanced",
-            random_state=seed), CLASS_PROBABILITIES),
+        lambda n_features, seed: BalancedLogisticRegression(C=1.0 / max(n_features, 1)),
+        CLASS_PROBABILITIES, batched_null=True),
     "svm": LinearFamily(
-        lambda n_features, seed: SoftmaxLinearSVC(
-            C=1.0 / max(n_features, 1), class_weight="balanced", dual="auto", max_iter=5000,
-            random_state=seed), SOFTMAX_OF_DECISION),
+        lambda n_features, seed: BalancedLinearSVC(C=1.0 / max(n_features, 1),
+                                                   random_state=seed),
+        SOFTMAX_OF_DECISION, batched_null=True),
 }
 
 
@@ -251,6 +236,12 @@ class DecoderSpec:
         """Its permutation null needs no refits (linear in the labels, label-free reduction)."""
         return (not self.is_cnn and LINEAR_FAMILIES[self.family].algebraic_null
                 and (self.reduction is None or not REDUCTIONS[self.reduction].uses_labels))
+
+    @property
+    def batched_null(self) -> bool:
+        """Its permutation null fits all permutations of a fold at once (logreg, SVM)."""
+        return (not self.is_cnn and not self.algebraic_null
+                and LINEAR_FAMILIES[self.family].batched_null)
 
     @property
     def probabilities(self) -> str:

@@ -33,7 +33,8 @@ from bids_affect._utils.docs import fill_doc
 from bids_affect.decoding.cv import Folds, cv_splits
 from bids_affect.decoding.estimators import DecoderSpec, make_decoder, parse_decoder
 from bids_affect.decoding.fit import FoldPredictions, cross_validate, random_split_score
-from bids_affect.decoding.metrics import decoding_metrics
+from bids_affect.decoding.linear import permutation_null_predictions
+from bids_affect.decoding.metrics import balanced_accuracies, decoding_metrics
 from bids_affect.decoding.null import (
     PERMUTATION_SCHEME,
     NullCheckpoints,
@@ -44,6 +45,7 @@ from bids_affect.decoding.null import (
     warn_about_cost,
 )
 from bids_affect.exceptions import InputDataError
+from bids_affect.models.runtime import torch_threads
 from bids_affect.progress import Progress
 from bids_affect.stats.permutation import circular_shifts, null_summary
 
@@ -109,8 +111,8 @@ def _estimator_factory(spec: DecoderSpec, n_features: int, seed: int,
 def _permutation_null(spec: DecoderSpec, make_estimator: Callable[..., Any], X: np.ndarray,
                       permuted: np.ndarray, folds: Folds, n_classes: int, runs: np.ndarray, *,
                       n_jobs: int, fingerprint: Callable[[], str],
-                      checkpoint_dir: Path | None) -> np.ndarray:
-    """Balanced accuracies of the permuted label sequences (algebra or refits)."""
+                      checkpoint_dir: Path | None, device: str = "cpu") -> np.ndarray:
+    """Balanced accuracies of the permuted label sequences (algebra, batches or refits)."""
     n_permutations = len(permuted)
     with Progress(n_permutations, desc=f"{spec.name}: permutations") as progress:
         if not n_permutations:
@@ -120,6 +122,13 @@ def _permutation_null(spec: DecoderSpec, make_estimator: Callable[..., Any], X: 
             null = ridge_null(hats, folds.splits, permuted, n_classes)
             progress.update(n_permutations)
             return null
+        if spec.batched_null:
+            with torch_threads(max(1, n_jobs)):
+                predicted = permutation_null_predictions(make_estimator, X, permuted,
+                                                         folds.splits, n_classes,
+                                                         device=device)
+            progress.update(n_permutations)
+            return balanced_accuracies(permuted, predicted, n_classes)
         checkpoints = (None if checkpoint_dir is None
                        else NullCheckpoints(Path(checkpoint_dir) / "null", fingerprint()))
         return refit_null(make_estimator, X, permuted, folds.splits, n_classes, runs,
@@ -163,7 +172,8 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
            times: np.ndarray | None = None, cv: str = "auto", n_splits: int = 5,
            gap: float = 30.0, n_permutations: int = 1000, random_state: int | None = None,
            n_jobs: int = 1, cnn_params: dict[str, Any] | None = None,
-           checkpoint_dir: Path | None = None, audit: bool = True) -> DecodingResult:
+           checkpoint_dir: Path | None = None, audit: bool = True,
+           null_device: str = "cpu") -> DecodingResult:
     """Cross-validated decoding with chance level, permutation test and leakage audit.
 
     Parameters
@@ -200,6 +210,8 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
         resumes from them and ends with the same results.
     audit : bool
         Also compute ``random_split_balanced_accuracy``.
+    null_device : {"cpu", "cuda", "auto"}
+        Where the batched null of logreg and SVM decoders runs.
 
     Returns
     -------
@@ -239,12 +251,14 @@ def decode(X: np.ndarray, labels: Sequence[str], runs: Sequence, *, model: str =
     permuted = circular_shifts(y, runs, n_permutations, random_state=permutation_seed)
     if n_permutations:
         warn_about_cost(spec.name, n_permutations, 1 if spec.is_cnn else n_jobs, fit_seconds,
-                        len(folds.splits), refits=not spec.algebraic_null)
+                        len(folds.splits),
+                        refits=not (spec.algebraic_null or spec.batched_null))
     null = _permutation_null(
         spec, make_estimator, X, permuted, folds, n_classes, runs, n_jobs=n_jobs,
         fingerprint=lambda: null_fingerprint(spec.name, cnn_params, model_seed, X,
                                              folds.splits, n_classes),
-        checkpoint_dir=checkpoint_dir)
+        checkpoint_dir=checkpoint_dir,
+        device=(cnn_params or {}).get("device", "cpu") if spec.is_cnn else null_device)
     metrics = _decoding_json(spec, classes, y, folds, fit, scores, null)
     if audit:
         metrics["random_split_balanced_accuracy"] = random_split_score(

@@ -45,15 +45,14 @@ torch.Size([2, 5])
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from bids_affect._utils.plugins import iter_plugins, name_is_free
 from bids_affect.exceptions import UsageError
 
 LOGGER = logging.getLogger("bids_affect.models.cnn3d")
@@ -120,27 +119,13 @@ def load_plugin_architectures(reload: bool = False) -> list[str]:
     if _PLUGINS["loaded"] and not reload:
         return []
     before = set(_REGISTRY)
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = entry_point.load()
-        except Exception as err:  # a broken plug-in must not break the app
-            LOGGER.warning("architecture plug-in %r (%s) failed to load and is skipped: "
-                           "%s: %s", entry_point.name, entry_point.value,
-                           type(err).__name__, err)
-            continue
-        if isinstance(loaded, types.ModuleType):
-            continue
+    for entry_point, loaded in iter_plugins(ENTRY_POINT_GROUP, "architecture", LOGGER):
         if not callable(loaded):
             LOGGER.warning("architecture plug-in %r (%s) is neither a module nor a factory; "
                            "skipped", entry_point.name, entry_point.value)
             continue
-        registered = _REGISTRY.get(entry_point.name)
-        if registered is not None and registered.factory is loaded:
+        if not name_is_free(_REGISTRY, entry_point, loaded, "architecture"):
             continue
-        if registered is not None:
-            raise UsageError(f"architecture plug-in {entry_point.name!r} ({entry_point.value}) "
-                             f"takes a name that is already registered",
-                             fix="rename the entry point, or uninstall one of the packages")
         description = (loaded.__doc__ or "").strip().splitlines()
         register_architecture(entry_point.name, description=(
             description[0] if description else f"plug-in {entry_point.value}"))(loaded)

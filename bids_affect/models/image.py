@@ -79,7 +79,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib.metadata
 import logging
 import os
 import types
@@ -95,6 +94,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.nn import functional
 
+from bids_affect._utils.plugins import iter_plugins, name_is_free
 from bids_affect._utils.validation import check_choice, check_int
 from bids_affect.exceptions import InputDataError, InputMissingError, UsageError
 from bids_affect.models.runtime import resolve_device, torch_threads
@@ -351,29 +351,15 @@ def load_plugin_image_networks(reload: bool = False) -> list[str]:
     if _PLUGINS["loaded"] and not reload:
         return []
     before = set(_REGISTRY)
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = entry_point.load()
-        except Exception as err:  # a broken plug-in must not break the app
-            LOGGER.warning("image network plug-in %r (%s) failed to load and is skipped: "
-                           "%s: %s", entry_point.name, entry_point.value,
-                           type(err).__name__, err)
-            continue
-        if isinstance(loaded, types.ModuleType):
-            continue
+    for entry_point, loaded in iter_plugins(ENTRY_POINT_GROUP, "image network", LOGGER):
         if not isinstance(loaded, ImageNetworkEntry):
             LOGGER.warning("image network plug-in %r (%s) is neither a module nor an "
                            "ImageNetworkEntry (a network needs its layers and "
                            "preprocessing); skipped", entry_point.name, entry_point.value)
             continue
         entry = dataclasses.replace(loaded, name=entry_point.name)
-        registered = _REGISTRY.get(entry.name)
-        if registered is not None and registered.factory is entry.factory:
+        if not name_is_free(_REGISTRY, entry_point, entry.factory, "image network"):
             continue
-        if registered is not None:
-            raise UsageError(f"image network plug-in {entry_point.name!r} "
-                             f"({entry_point.value}) takes a name that is already registered",
-                             fix="rename the entry point, or uninstall one of the packages")
         register_image_network(
             entry.name, layers=entry.layers, preprocessing=entry.preprocessing,
             description=entry.description, initialise=entry.initialise,

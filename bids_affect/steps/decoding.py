@@ -124,7 +124,8 @@ def decode_step(out_dir: Path, *, samples_dir: Path, model: str, settings: Mappi
                                             else "n_permutations"],
                     random_state=seed, n_jobs=n_jobs,
                     cnn_params=cnn_params if spec.is_cnn else None,
-                    checkpoint_dir=out_dir / "checkpoints" if spec.is_cnn else None)
+                    checkpoint_dir=out_dir / "checkpoints" if spec.is_cnn else None,
+                    null_device=settings["device"])
     fit = result.predictions
     predictions = pd.DataFrame({
         "sample": index, "run": table.run, "volume": table.volume, "onset": table.time,
