@@ -65,6 +65,9 @@ class Analysis:
     wire_group : callable or None
         ``wire_group(builder, options)`` adds its nodes to the group workflow
         (:class:`~bids_affect.workflows.group.GroupWorkflow`).
+    group_samples : bool
+        Its group part reads the subjects' samples (the participant level's
+        labels and samples nodes join the group workflow).
     outputs : tuple of str
         Output kinds it writes (keys of :data:`bids_affect.io.derivatives.OUTPUTS`).
     check : callable or None
@@ -82,6 +85,7 @@ class Analysis:
     options: type | None = None
     wire: Callable[[Any, Any], None] | None = None
     wire_group: Callable[[Any, Any], None] | None = None
+    group_samples: bool = False
     outputs: tuple[str, ...] = ()
     check: Callable[[Any, Any], None] | None = None
     methods: Callable[[Any], str] | None = None

@@ -35,6 +35,8 @@ class _RunStepInputSpec(BaseInterfaceInputSpec):
     samples_dir = Directory(exists=True, desc="output folder of the samples step")
     decoding_dirs = InputMultiObject(Directory(exists=True),
                                      desc="output folders of decoding steps")
+    samples_dirs = InputMultiObject(Directory(exists=True),
+                                    desc="samples folders of several subjects (group steps)")
     progress_label = traits.Str(nohash=True, desc="what progress lines name (e.g. "
                                                   "'sub-01 decode_ridge')")
 
@@ -63,8 +65,10 @@ class RunStep(SimpleInterface):
             value = getattr(self.inputs, name)
             if isdefined(value):
                 kwargs[name] = Path(value)
-        if isdefined(self.inputs.decoding_dirs):
-            kwargs["decoding_dirs"] = [Path(p) for p in self.inputs.decoding_dirs]
+        for name in ("decoding_dirs", "samples_dirs"):
+            value = getattr(self.inputs, name)
+            if isdefined(value):
+                kwargs[name] = [Path(p) for p in value]
         label = self.inputs.progress_label if isdefined(self.inputs.progress_label) else ""
         with progress.context(label or self.inputs.step):
             try:

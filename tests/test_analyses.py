@@ -111,3 +111,38 @@ def test_registry_refuses_duplicates_and_unknown_names(toy):
     with pytest.raises(UsageError, match="'nope' is unknown"):
         check_analyses(["nope"], ["ridge"])
     assert check_analyses(["rsa", "toy", "decoding"], ["ridge"]) == ["decoding", "rsa", "toy"]
+
+
+def toy_group_step(out_dir: Path, *, samples_dirs, subjects, output_dir: str) -> None:
+    """Count each subject's samples at the group level."""
+    from bids_affect.bold import SampleSet
+
+    counts = {subject: int(SampleSet.load(folder).X.shape[0])
+              for subject, folder in zip(subjects, samples_dirs)}
+    deriv.write_json(Path(output_dir) / "group" / "toy.json", counts)
+
+
+def wire_toy_group(builder, options: ToyOptions) -> None:
+    """One group node reading every subject's samples."""
+    node = builder.node(toy_group_step, "toy_group", {})
+    subjects = builder.connect_samples(node)
+    node.inputs.kwargs = {**node.inputs.kwargs, "subjects": subjects,
+                          "output_dir": str(builder.output_dir)}
+
+
+def test_a_group_analysis_reads_the_subjects_samples(monkeypatch, synthetic_dataset, tmp_path):
+    """The group level reuses (or rebuilds) the participant level's samples."""
+    monkeypatch.setattr(analyses, "ANALYSES", dict(ANALYSES))
+    register_analysis(Analysis("toy", "a toy analysis", options=ToyOptions, wire=wire_toy,
+                               wire_group=wire_toy_group, group_samples=True))
+    out, work = tmp_path / "out", tmp_path / "work"
+    common = ["--analyses", "toy", "--labels", "studyforrest-5", "--skip-bids-validation",
+              "--nprocs", "1", "-w", str(work)]
+    assert main([str(synthetic_dataset), str(out), "participant", *common]) == 0
+    samples = sorted(work.glob("*/sub_*_task_movie_wf/samples/result/manifest.json"))
+    stamps = [path.stat().st_mtime_ns for path in samples]
+    assert len(samples) == 2
+    assert main([str(synthetic_dataset), str(out), "group", *common]) == 0
+    assert json.loads((out / "group" / "toy.json").read_text()) == {"01": 240, "02": 240}
+    # The participant level's samples were reused, not rebuilt.
+    assert [path.stat().st_mtime_ns for path in samples] == stamps

@@ -212,7 +212,7 @@ def _run_levels(config: Config, files: RunFiles) -> None:
         if participant:
             _participant_level(config, derivative_dirs, links, files, log_path)
         if "group" in execution.analysis_level:
-            _group_level(config, links, files, log_path)
+            _group_level(config, derivative_dirs, links, files, log_path)
 
 
 def _participant_level(config: Config, derivative_dirs: dict[str, Path],
@@ -240,8 +240,8 @@ def _participant_level(config: Config, derivative_dirs: dict[str, Path],
     _reports(execution.output_dir, subjects, group=False)
 
 
-def _group_level(config: Config, links: dict[str, Path], files: RunFiles,
-                 log_path: Path) -> None:
+def _group_level(config: Config, derivative_dirs: dict[str, Path], links: dict[str, Path],
+                 files: RunFiles, log_path: Path) -> None:
     from bids_affect.steps.group import find_decoding_outputs, summary_table
 
     execution = config.execution
@@ -268,7 +268,7 @@ def _group_level(config: Config, links: dict[str, Path], files: RunFiles,
                            / "bids_affect.toml", group_config.to_toml())
     files.workflow_started = True
     try:
-        run_workflow(init_group_wf_from_config(config, links), config)
+        run_workflow(init_group_wf_from_config(config, links, derivative_dirs), config)
     finally:
         copy_run_log(log_path, execution.output_dir, [None], execution.run_id)
     subjects = sorted({item.entities["subject"] for item in found})
@@ -419,8 +419,14 @@ def prepare_participant_level(config: Config, derivative_dirs: dict[str, Path],
 
 
 def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRecord]],
-                        label_spec: dict[str, Any], links: dict[str, Path]) -> pe.Workflow:
-    """The participant-level workflow: one sub-workflow per subject and task."""
+                        label_spec: dict[str, Any], links: dict[str, Path],
+                        samples_only: bool = False) -> pe.Workflow:
+    """The participant-level workflow: one sub-workflow per subject and task.
+
+    ``samples_only``: each subject's labels and samples only (the group level's
+    use: the nodes are the participant level's, so its work directory's results
+    are reused when the group runs with the same ``-w``).
+    """
     from bids_affect.steps.encoding import FEATURE_CACHE
     from bids_affect.workflows.participant import init_participant_wf
 
@@ -439,7 +445,7 @@ def init_bids_affect_wf(config: Config, plans: dict[tuple[str, str], list[RunRec
             cleaning=dataclasses.asdict(config.cleaning), analyses=analysis.analyses,
             options=options, shared=shared, master_seed=int(config.seeds.master),
             provenance=provenance, n_jobs=n_jobs, bids_dir=config.execution.bids_dir,
-            cache_dir=config.execution.work_dir / FEATURE_CACHE)])
+            cache_dir=config.execution.work_dir / FEATURE_CACHE, samples_only=samples_only)])
     return wf
 
 
@@ -450,20 +456,62 @@ def analysis_registry() -> dict[str, Any]:
     return ANALYSES
 
 
-def init_group_wf_from_config(config: Config, links: dict[str, Path]) -> pe.Workflow:
-    """The group-level workflow with this run's settings."""
+def init_group_wf_from_config(config: Config, links: dict[str, Path],
+                              derivative_dirs: dict[str, Path] | None = None) -> pe.Workflow:
+    """The group-level workflow with this run's settings.
+
+    When a group analysis reads the subjects' samples (``Analysis.group_samples``,
+    e.g. cross-subject decoding), the participant level's labels and samples nodes
+    join the workflow: their results are reused from the work directory (the same
+    ``-w`` as the participant jobs) or rebuilt.
+    """
+    from bids_affect.analyses import ANALYSES
     from bids_affect.workflows.group import init_group_wf
 
-    analysis = config.analysis
-    wf = pe.Workflow(name=f"{workflow_name()}_group", base_dir=str(config.execution.work_dir))
-    wf.add_nodes([init_group_wf(
-        output_dir=config.execution.output_dir,
-        participant_label=config.execution.participant_label,
+    analysis, execution = config.analysis, config.execution
+    participants: dict[tuple[str, str], pe.Workflow] = {}
+    if any(ANALYSES[name].group_samples for name in group_analyses(config)):
+        top = _samples_workflow(config, derivative_dirs or {}, links)
+        participants = {key: top.get_node(f"sub_{key[0]}_task_{key[1]}_wf")
+                        for key in _plan_keys(top)}
+    else:
+        top = pe.Workflow(name=f"{workflow_name()}_group", base_dir=str(execution.work_dir))
+    group = init_group_wf(
+        output_dir=execution.output_dir, participant_label=execution.participant_label,
         provenance=_provenance(config, links), analyses=analysis.analyses,
         options=analysis_options(config), shared=shared_settings(config),
-        master_seed=int(config.seeds.master), work_dir=config.execution.work_dir,
-        collect_decoding=bool(decoding_outputs(config)))])
-    return wf
+        master_seed=int(config.seeds.master), work_dir=execution.work_dir,
+        collect_decoding=bool(decoding_outputs(config)), workflow=top,
+        participants=participants)
+    return group
+
+
+def _plan_keys(wf: pe.Workflow) -> list[tuple[str, str]]:
+    """(subject, task) of each participant sub-workflow of ``wf``."""
+    keys = []
+    for name in wf.list_node_names():
+        head = name.split(".", 1)[0]
+        if head.startswith("sub_") and head.endswith("_wf") and "_task_" in head:
+            subject, task = head[len("sub_"):-len("_wf")].split("_task_", 1)
+            keys.append((subject, task))
+    return sorted(set(keys))
+
+
+def _samples_workflow(config: Config, derivative_dirs: dict[str, Path],
+                      links: dict[str, Path]) -> pe.Workflow:
+    """The participant level's labels and samples nodes of the selected subjects."""
+    from bids_affect.io.annotations import load_label_spec
+    from bids_affect.io.layout import collect_runs, load_layout, select_subjects
+
+    execution = config.execution
+    layout = load_layout(execution.bids_dir, derivative_dirs, execution.bids_database_dir)
+    subjects = select_subjects(layout, execution.participant_label)
+    runs = collect_runs(layout, subjects, execution.session_label, execution.task_id,
+                        execution.bids_filters, execution.space)
+    spec = load_label_spec(config.labels.labels, hrf_lag=config.labels.hrf_lag,
+                           min_volumes=config.labels.min_volumes)
+    return init_bids_affect_wf(config, plan_participants(runs), spec.to_dict(), links,
+                               samples_only=True)
 
 
 def decoding_outputs(config: Config) -> list:

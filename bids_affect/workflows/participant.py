@@ -109,8 +109,8 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
                         options: Mapping[str, Any], shared: SharedSettings,
                         master_seed: int, provenance: Mapping[str, Any],
                         n_jobs: int = 1, name: str | None = None,
-                        bids_dir: Path | None = None,
-                        cache_dir: Path | None = None) -> pe.Workflow:
+                        bids_dir: Path | None = None, cache_dir: Path | None = None,
+                        samples_only: bool = False) -> pe.Workflow:
     """Workflow of one subject and task.
 
     Parameters
@@ -141,6 +141,9 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
         Processes a step may use.
     bids_dir, cache_dir : Path, optional
         The input dataset, and a work-directory folder shared by every subject.
+    samples_only : bool
+        Labels and samples only, as the participant level made them (the group
+        level reuses them from the work directory, or rebuilds them).
 
     Returns
     -------
@@ -153,8 +156,12 @@ def init_participant_wf(*, subject: str, task: str, runs: Sequence[dict[str, Any
     builder = ParticipantWorkflow(
         subject=subject, task=task, runs=runs, output_dir=output_dir, label_spec=label_spec,
         cleaning=cleaning, options=options, shared=shared, master_seed=master_seed,
-        provenance=provenance, n_jobs=n_jobs, check_data=not analyses, name=name,
-        bids_dir=bids_dir, cache_dir=cache_dir)
+        provenance=provenance, n_jobs=n_jobs,
+        check_data=not analyses and not samples_only, name=name, bids_dir=bids_dir,
+        cache_dir=cache_dir)
+    if samples_only:
+        builder.samples  # noqa: B018 (made on first use)
+        return builder.finish()
     for analysis_name in analyses:
         analysis = ANALYSES[analysis_name]
         if analysis.wire is not None:  # None: a group-level analysis
