@@ -25,7 +25,8 @@ How argparse maps to Boutiques:
   directories, which may not exist yet, are ``String``;
 - a counted option (``-v``, ``-vv``) is a ``String`` whose choices are its
   repetitions;
-- ``--help``, ``--version`` and other print-and-exit flags are left out.
+- ``--help``, ``--version`` and print-and-exit flags (``dest=SUPPRESS``) are
+  left out.
 
 Defaults are written into the descriptions, never as ``default-value``:
 ``bosh`` puts every ``default-value`` on the command line, which would
@@ -80,14 +81,16 @@ def _parser() -> argparse.ArgumentParser:
 def run_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """The parser's actions that a descriptor describes.
 
-    Left out: ``--help``, ``--version`` and any other action that only prints
-    and exits (argparse gives those ``dest=SUPPRESS``), since they run nothing.
+    Left out, since they run nothing: ``--help``, ``--version`` and actions
+    added with ``dest=argparse.SUPPRESS`` (flags that print and exit, such as
+    ``--bids-exec-spec``).
 
     Examples
     --------
     >>> p = argparse.ArgumentParser()
     >>> _ = p.add_argument("--n", type=int)
     >>> _ = p.add_argument("--version", action="version", version="1")
+    >>> _ = p.add_argument("--spec", action="store_true", dest=argparse.SUPPRESS)
     >>> [a.dest for a in run_actions(p)]
     ['n']
     """
@@ -436,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
 
     Without PATH, print the descriptor; with PATH, write it there; with
     ``--check``, exit 1 when the file at PATH differs from the parser's.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = str(Path(tempfile.mkdtemp()) / "descriptor.json")
+    >>> main([path]), main([path, "--check"])
+    (0, 0)
     """
     cli = argparse.ArgumentParser(prog="python -m bids_affect.cli.descriptor",
                                   description="Write the Boutiques descriptor of bids_affect.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,20 @@ NIPYPE_PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph", "LegacyMultiProc
 #: Help groups in the order ``--help`` shows them (others follow in section order).
 _GROUP_ORDER = ("Selecting data (BIDS filters)", "Performance and work directory",
                 "Reproducibility and logging", "Labels and cleaning", "Analyses")
+
+
+class _ExecSpecAction(argparse.Action):
+    """``--bids-exec-spec``: print the Boutiques descriptor and exit (as ``--version``)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from bids_affect.cli.descriptor import execution_spec
+
+        sys.stdout.write(execution_spec())
+        parser.exit()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +123,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", nargs="+", metavar="{participant,group}",
                         help="processing stage(s): participant, group, or both")
     parser.add_argument("--version", action="version", version=f"bids_affect {__version__}")
+    parser.add_argument("--bids-exec-spec", action=_ExecSpecAction, dest=argparse.SUPPRESS,
+                        help="print the Boutiques descriptor (BIDS-Apps execution spec) and "
+                             "exit")
 
     groups: dict[str, argparse._ArgumentGroup] = {
         title: parser.add_argument_group(title) for title in _GROUP_ORDER}

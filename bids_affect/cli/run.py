@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 import warnings
+from pathlib import Path
 
 from bids_affect.exceptions import (
     EXIT_FAILURE,
@@ -49,6 +50,19 @@ def _setup_logging(verbose: int, debug: bool) -> None:
                                              "interface_level": nipype_level,
                                              "utils_level": nipype_level}})
     nipype_logging.update_logging(nipype_config)
+
+
+#: Caches that default to $HOME (matplotlib; numba when its package folder is read-only;
+#: deno of the bids-validator): fMRIPrep issue 1777. Unset ones go to the work directory,
+#: so a read-only HOME (containers, clusters) never breaks a run.
+CACHE_VARIABLES = {"MPLCONFIGDIR": "matplotlib", "NUMBA_CACHE_DIR": "numba",
+                   "XDG_CACHE_HOME": "xdg-cache", "XDG_CONFIG_HOME": "xdg-config"}
+
+
+def redirect_caches(work_dir: Path) -> None:
+    """Point the caches of :data:`CACHE_VARIABLES` that are unset into ``work_dir/.cache``."""
+    for variable, folder in CACHE_VARIABLES.items():
+        os.environ.setdefault(variable, str(Path(work_dir) / ".cache" / folder))
 
 
 def _error_line(err: BaseException) -> str:
@@ -108,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # every failure: one line and a code
         return _report(err, debug)
 
+    redirect_caches(config.execution.work_dir)
     _setup_logging(config.execution.verbose, config.execution.debug)
     if config.nipype.omp_nthreads:
         os.environ["OMP_NUM_THREADS"] = str(config.nipype.omp_nthreads)

@@ -31,7 +31,7 @@ def test_compiled_kernel_agrees_with_scikit_bio(rng, monkeypatch):
     a, b = _random_rdm(rng, 40), _random_rdm(rng, 40)
     b = _rdm(b.to_numpy() + 0.3 * a.to_numpy())
     for method in ("pearson", "spearman"):
-        ours = mantel_module.mantel(a.to_numpy(), b.to_numpy(),  method=method,
+        ours = mantel_module.mantel(a.to_numpy(), b.to_numpy(), method=method,
                                     n_permutations=2000, alternative="greater", exact=None,
                                     random_state=5, n_jobs=2, names=("a", "b"))
         statistic, p_value, _ = mantel(a.to_numpy(), b.to_numpy(), method=method,
@@ -45,8 +45,10 @@ def test_null_kernels_agree(rng, monkeypatch):
     perms = np.array([rng.permutation(9) for _ in range(50)])
     vectors = mantel_module.upper_triangle(a), mantel_module.upper_triangle(b)
     for method in ("pearson", "kendall_tau_a"):
-        small = mantel_module._null_model(a, *vectors, method, work=0, n_jobs=1).statistics(perms)
+        small = mantel_module._null_model(a, *vectors, method, work=0,
+                                          n_jobs=1).statistics(perms)
         monkeypatch.setattr(mantel_module, "_MAX_SIGN_PAIRS", 0)
-        large = mantel_module._null_model(a, *vectors, method, work=10**12, n_jobs=2).statistics(perms)
+        large = mantel_module._null_model(a, *vectors, method, work=10**12,
+                                          n_jobs=2).statistics(perms)
         np.testing.assert_allclose(small, large, rtol=0, atol=1e-13)
         monkeypatch.undo()
