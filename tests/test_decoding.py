@@ -101,7 +101,7 @@ def test_circular_shifts_keep_each_runs_labels_and_move_them(rng):
             original, shifted = y[runs == run], row[runs == run]
             assert sorted(original) == sorted(shifted)
             shifts = [s for s in range(60) if np.array_equal(np.roll(original, s), shifted)]
-            assert shifts and all(6 <= s <= 54 for s in shifts)
+            assert shifts and all(1 <= s <= 59 for s in shifts)  # never the true one
     assert len({row.tobytes() for row in permuted}) > 20
 
 

@@ -138,7 +138,8 @@ DOCDICT["permutation_test"] = """n_permutations : int
 DOCDICT["runs"] = """runs : array-like
         Run of each sample (the unit of leave-one-run-out and of label shifts)."""
 DOCDICT["min_shift_fraction"] = """min_shift_fraction : float
-        The smallest shift, as a fraction of the run's length (default 0.1)."""
+        The smallest shift, as a fraction of the run's length (default 0: every
+        non-zero shift)."""
 
 
 def fill_doc(function: Documented) -> Documented:

@@ -19,7 +19,7 @@ peers' random 80/20 split of volumes inflates a score.
 
 Significance comes from a permutation test whose null keeps the temporal
 structure of the labels: the sequence of labels of each run is shifted
-circularly (by at least a tenth of the run), the whole cross-validation is
+circularly (by any non-zero amount), the whole cross-validation is
 repeated, and the balanced accuracy is recorded. For ridge decoders the null
 needs no refits: the predictions are linear in the training labels, so each
 fold's hat matrix is computed once and applied to every permuted label matrix.

@@ -52,7 +52,7 @@ REFIT_NULL_WARNING_S = 600.0
 P_RESOLUTION_WARNING = 0.01
 
 PERMUTATION_SCHEME = (
-    "circular shift of each run's label sequence (shift of at least 10% of the run); the "
+    "circular shift of each run's label sequence (any non-zero shift, drawn uniformly); the "
     "whole cross-validation repeated")
 
 
