@@ -64,6 +64,8 @@ def test_recorded_features_predict_the_planted_voxels(planted):
     model = EncodingModel.load(out / "sub-01/models/sub-01_task-movie_desc-visual_encoder.npz")
     assert model.feature_spec["feature_sets"] == ["visual"]
     assert "Voxelwise encoding models (ridge)" in (out / "logs/CITATION.md").read_text()
+    report = (out / "sub-01.html").read_text()
+    assert 'id="encoding-movie-visual"' in report and "FWE threshold of r" in report
 
 
 @pytest.mark.slow

@@ -9,11 +9,12 @@ Examples
 --------
 >>> from bids_affect.reports.registry import sections_for
 >>> [section.name for section in sections_for("subject")]
-['summary', 'decoding', 'occlusion', 'rsa', 'imagevalidation', 'synthesis', 'methods']
+['summary', 'decoding', 'occlusion', 'rsa', 'encoding', 'imagevalidation', 'synthesis', 'methods']
 """
 
 from bids_affect.reports.sections import (  # noqa: F401 (registers the sections)
     decoding,
+    encoding,
     group,
     methods,
     occlusion,
