@@ -37,6 +37,9 @@ from bids_affect.exceptions import UsageError
 from bids_affect.steps import (
     decoding,
     encoding,
+    group,
+    group_decoding,
+    group_maps,
     image_validation,
     occlusion,
     rsa,
@@ -68,6 +71,9 @@ class Analysis:
     group_samples : bool
         Its group part reads the subjects' samples (the participant level's
         labels and samples nodes join the group workflow).
+    group_when : callable or None
+        ``group_when(config)``: whether its group part runs for this
+        configuration (None: whenever the analysis is asked for).
     outputs : tuple of str
         Output kinds it writes (keys of :data:`bids_affect.io.derivatives.OUTPUTS`).
     check : callable or None
@@ -86,6 +92,7 @@ class Analysis:
     wire: Callable[[Any, Any], None] | None = None
     wire_group: Callable[[Any, Any], None] | None = None
     group_samples: bool = False
+    group_when: Callable[[Any], bool] | None = None
     outputs: tuple[str, ...] = ()
     check: Callable[[Any, Any], None] | None = None
     methods: Callable[[Any], str] | None = None
@@ -157,23 +164,28 @@ register_analysis(Analysis(
     "decoding", "within-subject emotion decoders with run-wise CV, chance level and "
                 "permutation tests",
     options=decoding.DecodingOptions, wire=decoding.wire, methods=decoding_methods,
-    outputs=("decoding", "predictions", "confusion", "null_distribution", "model")))
+    wire_group=group_decoding.wire_group, group_samples=True, group_when=group.needs_samples,
+    outputs=("decoding", "predictions", "confusion", "null_distribution", "model",
+             "group_decoding", "group_null", "group_predictions")))
 register_analysis(Analysis(
     "occlusion", "occlusion sensitivity maps of CNN decoders, top voxels, UMAP",
     options=occlusion.OcclusionOptions, wire=occlusion.wire, needs_cnn=True,
-    methods=occlusion_methods,
+    methods=occlusion_methods, wire_group=group_maps.wire_group_occlusion,
     outputs=("occlusion_map", "occlusion_topk", "occlusion_samples", "occlusion_umap",
-             "figure")))
+             "figure", "group_statmap", "group_inference_map", "group_clusters",
+             "group_consensus", "group_occlusion_umap", "group_figure")))
 register_analysis(Analysis(
     "rsa", "brain and CNN RDMs compared with Mantel tests",
     options=rsa.RSAOptions, wire=rsa.wire, check=rsa.check_options, methods=rsa_methods,
-    outputs=("rdm", "rsa_statistics")))
+    wire_group=group_maps.wire_group_rsa,
+    outputs=("rdm", "rsa_statistics", "group_rsa_statistics", "group_rdm")))
 register_analysis(Analysis(
     "encoding", "voxelwise encoding models of stimulus features (movies through image CNNs, "
                 "or BIDS stimulus recordings), with nulls and ROI tables",
     options=encoding.EncodingOptions, wire=encoding.wire, check=encoding.check_options,
-    methods=encoding.methods,
-    outputs=("encoding_map", "encoding_roi", "encoding", "encoding_model", "stim_recording")))
+    methods=encoding.methods, wire_group=group_maps.wire_group_encoding,
+    outputs=("encoding_map", "encoding_roi", "encoding", "encoding_model", "stim_recording",
+             "group_statmap", "group_inference_map", "group_clusters", "group_mixedmodel")))
 # ---- Stimulus models (issue 13; helper I) ----
 register_analysis(Analysis(
     "selectivity", "emotion-selective channels of an image CNN on affective image sets, "

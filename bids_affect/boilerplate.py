@@ -142,4 +142,8 @@ def methods_boilerplate(config: Config) -> str:
     for name in analyses:
         if ANALYSES[name].methods is not None:
             parts.append(ANALYSES[name].methods(config))
-    return " ".join(parts)
+    if "decoding" in analyses:
+        from bids_affect.steps.group_decoding import methods as cross_subject_methods
+
+        parts.append(cross_subject_methods(config))  # empty without --alignment
+    return " ".join(part for part in parts if part)

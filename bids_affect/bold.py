@@ -182,7 +182,7 @@ def list_confound_strategies() -> dict[str, str]:
     Examples
     --------
     >>> list(list_confound_strategies())[:3]
-    ['none', 'motion', 'motion24']
+    ['auto', 'none', 'motion']
     """
     return {name: spec.description for name, spec in CONFOUND_STRATEGIES.items()}
 

@@ -319,13 +319,16 @@ FIXED_SECTIONS: dict[str, type] = {
 
 
 def config_sections() -> dict[str, type]:
-    """Every section: the fixed ones, then one per registered analysis with options."""
+    """Every section: the fixed ones, one per registered analysis with options, and
+    the group level's (options its analyses share: alignment, group inference)."""
     from bids_affect.analyses import ANALYSES
+    from bids_affect.steps.group import GroupOptions
 
     sections = dict(FIXED_SECTIONS)
     for analysis in ANALYSES.values():
         if analysis.options is not None:
             sections[analysis.name] = analysis.options
+    sections[GroupOptions.section_name] = GroupOptions
     return sections
 
 

@@ -15,6 +15,16 @@ def file_hashes(root: Path, keep: Callable[[Path], bool] = lambda path: True
             for path in sorted(root.rglob("*")) if path.is_file() and keep(path)}
 
 
+def result_hashes(root: Path) -> dict[str, str]:
+    """:func:`file_hashes` of the results of a run: what two runs with one seed share.
+
+    Left out: run logs and configs (they hold the run id, the time and the
+    folders), and the HTML reports, which show those logs and folders.
+    """
+    return file_hashes(root, lambda p: "log" not in p.relative_to(root).parts[:2]
+                       and p.suffix not in (".toml", ".html"))
+
+
 def tree_digest(root: Path) -> str:
     """One hash of every path (folders included) and file content under ``root``."""
     root = Path(root)

@@ -111,6 +111,10 @@ def test_registry_refuses_duplicates_and_unknown_names(toy):
     with pytest.raises(UsageError, match="'nope' is unknown"):
         check_analyses(["nope"], ["ridge"])
     assert check_analyses(["rsa", "toy", "decoding"], ["ridge"]) == ["decoding", "rsa", "toy"]
+    register_analysis(Analysis("roadmap", "not built yet", available=False))
+    with pytest.raises(UsageError, match="'roadmap' is not available"):
+        check_analyses(["roadmap"], ["ridge"])
+    assert "roadmap" not in analyses.list_analyses()
 
 
 def toy_group_step(out_dir: Path, *, samples_dirs, subjects, output_dir: str) -> None:

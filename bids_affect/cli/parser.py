@@ -318,6 +318,9 @@ def check_config(config: Config) -> None:
     for name, registered in ANALYSES.items():
         if registered.check is not None:
             registered.check(config.section(name), config)
+    from bids_affect.steps import group
+
+    group.check_options(config.section(group.GroupOptions.section_name), config)
     if config.nipype.plugin not in NIPYPE_PLUGINS:
         raise UsageError(f"nipype plugin {config.nipype.plugin!r} is not supported",
                          fix=f"use one of {', '.join(NIPYPE_PLUGINS)}")

@@ -62,7 +62,22 @@ CACHE_VARIABLES = {"MPLCONFIGDIR": "matplotlib", "NUMBA_CACHE_DIR": "numba",
 def redirect_caches(work_dir: Path) -> None:
     """Point the caches of :data:`CACHE_VARIABLES` that are unset into ``work_dir/.cache``."""
     for variable, folder in CACHE_VARIABLES.items():
-        os.environ.setdefault(variable, str(Path(work_dir) / ".cache" / folder))
+        os.environ.setdefault(variable, str(Path(work_dir).absolute() / ".cache" / folder))
+
+
+def _work_dir_of(argv: list[str]) -> Path:
+    """The ``-w`` of a command line, before it is parsed (libraries imported while
+    parsing may open their caches already)."""
+    import argparse
+    import dataclasses
+
+    from bids_affect.config import ExecutionConfig, default_of, flags_of
+
+    spec = next(f for f in dataclasses.fields(ExecutionConfig) if f.name == "work_dir")
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument(*flags_of(ExecutionConfig, spec), dest="work_dir", type=Path,
+                       default=default_of(spec))
+    return early.parse_known_args(argv)[0].work_dir
 
 
 def _error_line(err: BaseException) -> str:
@@ -114,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the BIDS-App; return its exit code (the console script exits with it)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
+        redirect_caches(_work_dir_of(list(argv if argv is not None else sys.argv[1:])))
         from bids_affect.cli.parser import parse_args
 
         config = parse_args(argv)
@@ -122,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # every failure: one line and a code
         return _report(err, debug)
 
-    redirect_caches(config.execution.work_dir)
     _setup_logging(config.execution.verbose, config.execution.debug)
     if config.nipype.omp_nthreads:
         os.environ["OMP_NUM_THREADS"] = str(config.nipype.omp_nthreads)

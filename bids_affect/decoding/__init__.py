@@ -34,6 +34,8 @@ True
 See :func:`decode` for a whole decoding of one subject.
 """
 
+import numpy as np  # noqa: F401  (the decoders' doctests run here: their __module__ is this)
+
 from bids_affect.decoding.cv import (
     CV_SCHEMES,
     BlockedKFold,

@@ -136,6 +136,29 @@ OUTPUTS: dict[str, OutputKind] = {
     "group_synthesis_confusion": OutputKind("targetconfusion", ".tsv", "group",
                                             ("task", "desc")),
     # ---- end of the stimulus-model block ----
+    # ---- Group level (issue 12; proposed by helper J, for the lead's review) ----
+    # Cross-subject decoding (group_decoding above: one row per held-out subject, its
+    # JSON the summary): each held-out subject's predictions, named by its subject
+    # under group/, and the permutation null of every held-out subject and of their mean.
+    "group_predictions": OutputKind("predictions", ".tsv", "group", ("subject", "task", "desc")),
+    "group_null": OutputKind("null", ".tsv", "group", ("task", "desc")),
+    # Group maps: the t map is group_statmap (stat-t); beside it, by stat: z, p (the
+    # parametric test's), pfwe (sign flips), tfdr / tfwe (the t map where it survives).
+    "group_inference_map": OutputKind("statmap", ".nii.gz", "group",
+                                      ("task", "space", "desc", "stat")),
+    "group_clusters": OutputKind("clusters", ".tsv", "group", ("task", "space", "desc", "stat")),
+    # Occlusion summaries: consensus top voxels per class, the UMAP of consensus voxels.
+    "group_consensus": OutputKind("consensus", ".tsv", "group",
+                                  ("task", "space", "desc", "contrast"), {"stat": "occlusion"}),
+    "group_occlusion_umap": OutputKind("umap", ".tsv", "group", ("task", "space", "desc"),
+                                       {"stat": "occlusion"}),
+    # Encoding ROIs: r ~ region + (1 | subject) (desc: the feature set).
+    "group_mixedmodel": OutputKind("mixedmodel", ".tsv", "group", ("task", "desc")),
+    # Group RSA: each comparison tested across subjects; group-mean RDMs (desc: the RDM).
+    "group_rsa_statistics": OutputKind("statistics", ".tsv", "group", ("task",),
+                                       {"desc": "rsa"}),
+    "group_rdm": OutputKind("rdm", ".tsv", "group", ("task", "desc")),
+    # ---- end of the group-level block ----
 }
 
 #: Kinds whose files live in folders the validator skips as a whole.
@@ -570,7 +593,8 @@ COLUMNS: dict[str, dict[str, Any]] = {
 
 #: Descriptions of columns named after a class (``prob_fear``...), by prefix.
 COLUMN_PREFIXES: dict[str, str] = {
-    "prob_": "Predicted probability of class {name}",
+    "prob_": "Predicted probability of class {name} (sums to 1 over classes; 'Scores' "
+             "says whether the decoder's probabilities are calibrated)",
     "decision_": "Decision value of class {name} (a score, not a probability)",
 }
 
@@ -584,8 +608,8 @@ def column_descriptions(columns: Iterable[str], classes: Iterable[str] = ()
 
     Examples
     --------
-    >>> column_descriptions(["onset", "prob_fear"])["prob_fear"]
-    {'Description': 'Predicted probability of class fear'}
+    >>> column_descriptions(["onset", "decision_fear"])["decision_fear"]
+    {'Description': 'Decision value of class fear (a score, not a probability)'}
     """
     known = set(map(str, classes))
     entries: dict[str, dict[str, Any]] = {}

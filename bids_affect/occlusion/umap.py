@@ -39,7 +39,7 @@ def _resolve_seed(random_state: int | np.random.Generator | np.random.RandomStat
 
 
 def umap_settings(n_points: int, n_neighbors: int = UMAP_N_NEIGHBORS,
-                  min_dist: float = UMAP_MIN_DIST) -> dict[str, Any]:
+                  min_dist: float = UMAP_MIN_DIST, n_features: int = 2) -> dict[str, Any]:
     """The UMAP parameters :func:`umap_embeddings` uses for ``n_points`` voxels (for sidecars).
 
     ``n_neighbors`` is clipped to ``n_points - 1`` (at least 2). The layout
@@ -48,7 +48,8 @@ def umap_settings(n_points: int, n_neighbors: int = UMAP_N_NEIGHBORS,
     neighbour graph falls into several components, as the top voxels of
     occlusion maps often do, the spectral layout of umap-learn 0.5 differs
     from one process to the next with the same seed (seen on one of the demo's
-    two subjects), and outputs must be reproducible.
+    two subjects), and outputs must be reproducible. Features of one column
+    have no second component: their layout starts from seeded random points.
 
     Examples
     --------
@@ -59,14 +60,14 @@ def umap_settings(n_points: int, n_neighbors: int = UMAP_N_NEIGHBORS,
     neighbours = int(max(2, min(n_neighbors, n_points - 1)))
     return {"n_neighbors": int(n_neighbors), "n_neighbors_used": neighbours,
             "min_dist": float(min_dist), "n_components": 2, "metric": "euclidean",
-            "init": "pca"}
+            "init": "pca" if n_features >= 2 else "random"}
 
 
 def _embed(features: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> np.ndarray:
     """2-D UMAP of ``features`` with :func:`umap_settings`."""
     import umap
 
-    settings = umap_settings(len(features), n_neighbors, min_dist)
+    settings = umap_settings(len(features), n_neighbors, min_dist, np.shape(features)[1])
     reducer = umap.UMAP(n_neighbors=settings["n_neighbors_used"], min_dist=min_dist,
                         n_components=2, random_state=seed, init=settings["init"])
     threads = torch.get_num_threads()

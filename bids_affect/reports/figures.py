@@ -626,3 +626,114 @@ def plot_image_grid(images: Mapping[str, Sequence[np.ndarray]], *,
     if title:
         figure.suptitle(title)
     return figure
+
+
+# --------------------------------------------------------------------------- group level
+
+
+def plot_alignment_scores(tables: Mapping[str, pd.DataFrame], *,
+                          title: str | None = None) -> Figure:
+    """Each held-out subject's balanced accuracy under each alignment, paired by subject.
+
+    Parameters
+    ----------
+    tables : mapping of str to DataFrame
+        Alignment -> its cross-subject table (``participant_id``,
+        ``balanced_accuracy``, ``chance_balanced_accuracy``), scored on the
+        same folds, so a subject's line shows what alignment changed for it.
+    title : str, optional
+
+    Examples
+    --------
+    >>> none = pd.DataFrame({"participant_id": ["sub-01", "sub-02"],
+    ...                      "balanced_accuracy": [0.3, 0.35],
+    ...                      "chance_balanced_accuracy": [0.25, 0.25]})
+    >>> srm = none.assign(balanced_accuracy=[0.5, 0.45])
+    >>> figure = plot_alignment_scores({"none": none, "srm": srm})
+    >>> [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    ['none', 'srm']
+    """
+    methods = list(tables)
+    figure = new_figure(1.8 + 1.3 * len(methods), 3.6)
+    ax = figure.subplots()
+    positions = np.arange(len(methods))
+    scores = pd.DataFrame({method: table.set_index("participant_id")["balanced_accuracy"]
+                           for method, table in tables.items()})
+    for _, row in scores.iterrows():
+        ax.plot(positions, row.to_numpy(float), color="0.55", linewidth=1, marker="o",
+                markersize=4, zorder=2)
+    ax.plot(positions, scores.mean(axis=0).to_numpy(float), color="C3", linewidth=2.5,
+            marker="o", label="mean over held-out subjects", zorder=3)
+    chance = np.mean([table["chance_balanced_accuracy"].mean() for table in tables.values()])
+    ax.axhline(chance, color="0.15", linestyle=":", label="chance (null mean)")
+    ax.set_xticks(positions, methods)
+    ax.set_xlim(-0.4, len(methods) - 0.6)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("alignment")
+    ax.set_ylabel("balanced accuracy")
+    figure.legend(fontsize="small", loc="outside lower center", ncols=2, frameon=False)
+    if title:
+        ax.set_title(title)
+    return figure
+
+
+def plot_group_map(image: nib.Nifti1Image | str | Path, *, title: str | None = None
+                   ) -> Figure:
+    """A group statmap in an MNI space as a glass brain (0 voxels are not drawn).
+
+    Examples
+    --------
+    >>> data = np.zeros((9, 11, 9), np.float32)
+    >>> data[3:5, 4:6, 3:5] = 4.0
+    >>> affine = np.diag([18.0, 18.0, 18.0, 1.0]); affine[:3, 3] = [-72, -100, -60]
+    >>> len(plot_group_map(nib.Nifti1Image(data, affine)).axes) > 1
+    True
+    """
+    from nilearn import plotting
+
+    image = nib.load(image) if isinstance(image, (str, Path)) else image
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    vmax = float(np.abs(data).max()) or 1.0
+    figure = new_figure(7.5, 2.8)
+    figure.set_layout_engine("none")  # nilearn places its own axes
+    plotting.plot_glass_brain(image, figure=figure, plot_abs=False, threshold=None,
+                              colorbar=True, cmap="RdBu_r", vmin=-vmax, vmax=vmax,
+                              symmetric_cbar=True, title=title, black_bg=False)
+    return figure
+
+
+def plot_region_means(terms: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Each region's mean (and SE) from a region mixed model, the mean over regions beside.
+
+    Parameters
+    ----------
+    terms : DataFrame
+        A ``mixedmodel.tsv``: ``term`` (``intercept``, ``region[NAME]``),
+        ``beta``, ``se``.
+
+    Examples
+    --------
+    >>> terms = pd.DataFrame({"term": ["intercept", "region[CM]", "region[LB]"],
+    ...                       "beta": [0.05, 0.07, 0.03], "se": [0.01, 0.01, 0.01]})
+    >>> [t.get_text() for t in plot_region_means(terms).axes[0].get_xticklabels()]
+    ['CM', 'LB']
+    """
+    regions = terms[terms["term"].astype(str).str.startswith("region[")]
+    names = [str(term)[len("region["):-1] for term in regions["term"]]
+    figure = new_figure(1.6 + 0.8 * len(names), 3.2)
+    ax = figure.subplots()
+    positions = np.arange(len(names))
+    ax.errorbar(positions, regions["beta"], yerr=regions["se"], fmt="o", color="C0",
+                capsize=3, label="region mean ± SE")
+    intercept = terms[terms["term"] == "intercept"]
+    if len(intercept):
+        ax.axhline(float(intercept["beta"].iloc[0]), color="C3", linestyle="--",
+                   label="mean over regions")
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    ax.set_xticks(positions, names)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel("r")
+    figure.legend(fontsize="small", loc="outside lower center", ncols=2, frameon=False)
+    if title:
+        ax.set_title(title)
+    return figure

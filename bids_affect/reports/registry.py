@@ -18,8 +18,9 @@ Its template is ``templates/sections/encoding.html`` and reads ``data``.
 
 Examples
 --------
->>> [section.name for section in sections_for("group")]
-['subjects', 'withinsubject', 'selectivity', 'imagevalidation', 'synthesis', 'methods']
+>>> [section.name for section in sections_for("group")]  # doctest: +NORMALIZE_WHITESPACE
+['subjects', 'withinsubject', 'groupinference', 'crosssubject', 'groupmaps', 'mixedmodel',
+ 'grouprsa', 'selectivity', 'imagevalidation', 'synthesis', 'methods']
 """
 
 from __future__ import annotations

@@ -193,10 +193,12 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
     deriv.write_json(deriv.output_path(output_dir, "decoding", subject=subject, task=task,
                                        desc=desc),
                      {**decoding_json, **deriv.sidecar(**common)})
-    # Decoders without class probabilities (ridge, SVM) get their decision values,
-    # under their own name: their softmax would read as a probability and is not one.
-    prefix = "prob_" if spec.probabilities == CLASS_PROBABILITIES else "decision_"
-    score_columns = [f"{prefix}{name}" for name in classes]
+    # Every decoder has the contracted prob_CLASS columns; those without class
+    # probabilities (ridge, SVM) fill them with the softmax of their decision values
+    # (the sidecar says so) and add the decision values themselves.
+    prefixes = (["prob_"] if spec.probabilities == CLASS_PROBABILITIES
+                else ["prob_", "decision_"])
+    score_columns = [f"{prefix}{name}" for prefix in prefixes for name in classes]
     for key, rows in predictions.groupby("run", sort=False):
         run = run_records[key]
         path = deriv.output_path(output_dir, "predictions", subject=subject, task=task,
@@ -205,7 +207,7 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
         deriv.write_with_sidecar(path, table.reset_index(drop=True), deriv.sidecar(
             Description="Test-fold predictions (each volume predicted by the fold model "
                         "that did not see its run)",
-            Scores=_SCORE_COLUMNS[prefix],
+            Scores=" ".join(_SCORE_COLUMNS[spec.probabilities][prefix] for prefix in prefixes),
             **{**common, "sources": sources(provenance, [run.bold])}))
     confusion = pd.DataFrame(metrics["confusion_matrix"], columns=classes)
     confusion.insert(0, "true", classes)
@@ -237,14 +239,19 @@ def write_decoding_step(out_dir: Path, *, decoding_dirs: Sequence[Path], samples
             joblib.dump([joblib.load(path) for path in folds], tmp)
 
 
-#: What the score columns of a predictions table hold, by prefix.
+#: What the score columns of a predictions table hold, by kind of decoder (the
+#: ``probabilities`` of :class:`bids_affect.decoding.DecoderSpec`) and prefix.
 _SCORE_COLUMNS = {
-    "prob_": "prob_CLASS: the fold model's predicted probability of each class",
-    "decision_": "decision_CLASS: the fold model's decision value of each class (a score "
-                 "that ranks samples, not a probability; n/a for a class the fold's "
-                 "training samples lacked; a binary decoder's value d counts as -d and d). "
-                 "macro_auc and per-class AUCs in decoding.json rank the softmax of these "
-                 "values",
+    "predicted class probabilities": {
+        "prob_": "prob_CLASS: the fold model's predicted probability of each class."},
+    "softmax of decision values": {
+        "prob_": "prob_CLASS: the softmax over classes of the decision values; it sums to 1 "
+                 "and ranks samples as they do, but this decoder has no class "
+                 "probabilities: it is not calibrated (0.9 does not mean 90% right).",
+        "decision_": "decision_CLASS: the fold model's decision value of each class (n/a "
+                     "for a class the fold's training samples lacked; a binary decoder's "
+                     "value d counts as -d and d). macro_auc and per-class AUCs in "
+                     "decoding.json rank prob_CLASS."},
 }
 
 

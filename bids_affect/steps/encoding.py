@@ -11,6 +11,7 @@ Cross-validation follows the decoding options (``--cv``, ``--cv-folds``,
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -298,18 +299,25 @@ def features_step(out_dir: Path, *, runs: Sequence[Mapping[str, Any]],
                 fix="add recording-NAME_stim.tsv.gz files, --stimulus-features NAME=PATH, or "
                     "movies in events.tsv's stim_file column (with --feature-weights)")
     about = {}
-    for run in run_records:
-        for name in wanted:
+    for name in wanted:
+        for run in run_records:
             features = per_run[run.key][name]
             with deriv.atomic_path(out_dir / f"{run.key}_{name}.npz") as tmp, \
                     open(tmp, "wb") as stream:
                 np.savez(stream, values=features.values, times=features.times,
-                         sampling_frequency=features.sampling_frequency or 0.0)
-            about.setdefault(name, {"columns": list(features.columns or []),
-                                    "n_features": int(features.n_features),
-                                    "provenance": dict(features.provenance),
-                                    "computed": name not in run.stim_recordings
-                                    and name not in settings["stimulus_features"]})
+                         sampling_frequency=features.sampling_frequency or 0.0,
+                         columns=np.asarray(features.columns, dtype=str),
+                         provenance=json.dumps(dict(features.provenance), default=str))
+        provenances = [dict(per_run[run.key][name].provenance) for run in run_records]
+        first = per_run[run_records[0].key][name]
+        # What every run shares (the extractor, say); each run's own is in its file.
+        about[name] = {"columns": list(first.columns or []),
+                       "n_features": int(first.n_features),
+                       "provenance": {key: value for key, value in provenances[0].items()
+                                      if all(p.get(key) == value for p in provenances)},
+                       "computed": all(name not in run.stim_recordings
+                                       for run in run_records)
+                       and name not in settings["stimulus_features"]}
     deriv.write_json(out_dir / "features.json", {"feature_sets": wanted, "sets": about,
                                                  "runs": [run.key for run in run_records]})
 
@@ -323,7 +331,9 @@ def read_features(features_dir: Path, run_keys: Sequence[str], name: str) -> lis
         with np.load(Path(features_dir) / f"{key}_{name}.npz", allow_pickle=False) as stored:
             frequency = float(stored["sampling_frequency"]) or None
             loaded.append(FeatureSet(name, stored["values"], stored["times"],
-                                     sampling_frequency=frequency))
+                                     columns=stored["columns"].tolist(),
+                                     sampling_frequency=frequency,
+                                     provenance=json.loads(str(stored["provenance"]))))
     return loaded
 
 
@@ -541,10 +551,11 @@ def _write_computed_features(features_dir: Path, output_dir: str, subject: str, 
         for run, features in zip(run_records, read_features(features_dir, about["runs"], name)):
             path = deriv.output_path(output_dir, "stim_recording", subject=subject, task=task,
                                      recording=name, **run_entities(run))
+            extractor = details["provenance"].get("extractor", {})
             write_stim_recording(features, path, metadata=deriv.sidecar(
                 Description=f"Features of the movie(s) of this run through "
-                            f"{details['provenance'].get('network')} "
-                            f"{details['provenance'].get('layer')}, on the run's clock",
+                            f"{extractor.get('network')} {extractor.get('layer')} "
+                            f"({extractor.get('weights')} weights), on the run's clock",
                 sources=sources(provenance, [run.events])))
 
 

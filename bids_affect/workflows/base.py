@@ -257,6 +257,9 @@ def _group_level(config: Config, derivative_dirs: dict[str, Path], links: dict[s
     from bids_affect.boilerplate import methods_boilerplate
 
     participant_methods = (execution.output_dir / "logs" / "CITATION.md").is_file()
+    # Wiring checks the group parts' inputs (66 for missing outputs, 65 for native
+    # maps): before any write, so that such a failure leaves nothing behind.
+    wf = init_group_wf_from_config(config, links, derivative_dirs)
     kinds = ["group_withinsubject", "group_report", "group_figure",
              *(kind for name in group_analyses(config) for kind in ANALYSES[name].outputs)]
     derivatives.init_derivatives(
@@ -268,7 +271,7 @@ def _group_level(config: Config, derivative_dirs: dict[str, Path], links: dict[s
                            / "bids_affect.toml", group_config.to_toml())
     files.workflow_started = True
     try:
-        run_workflow(init_group_wf_from_config(config, links, derivative_dirs), config)
+        run_workflow(wf, config)
     finally:
         copy_run_log(log_path, execution.output_dir, [None], execution.run_id)
     subjects = sorted({item.entities["subject"] for item in found})
@@ -468,7 +471,7 @@ def init_group_wf_from_config(config: Config, links: dict[str, Path],
     from bids_affect.analyses import ANALYSES
     from bids_affect.workflows.group import init_group_wf
 
-    analysis, execution = config.analysis, config.execution
+    execution = config.execution
     participants: dict[tuple[str, str], pe.Workflow] = {}
     if any(ANALYSES[name].group_samples for name in group_analyses(config)):
         top = _samples_workflow(config, derivative_dirs or {}, links)
@@ -478,7 +481,7 @@ def init_group_wf_from_config(config: Config, links: dict[str, Path],
         top = pe.Workflow(name=f"{workflow_name()}_group", base_dir=str(execution.work_dir))
     group = init_group_wf(
         output_dir=execution.output_dir, participant_label=execution.participant_label,
-        provenance=_provenance(config, links), analyses=analysis.analyses,
+        provenance=_provenance(config, links), analyses=group_analyses(config),
         options=analysis_options(config), shared=shared_settings(config),
         master_seed=int(config.seeds.master), work_dir=execution.work_dir,
         collect_decoding=bool(decoding_outputs(config)), workflow=top,
@@ -526,13 +529,14 @@ def group_analyses(config: Config) -> list[str]:
     """The analyses asked for that have a group part."""
     from bids_affect.analyses import ANALYSES
 
-    return [name for name in config.analysis.analyses if ANALYSES[name].wire_group]
+    return [name for name in config.analysis.analyses if ANALYSES[name].wire_group
+            and (ANALYSES[name].group_when is None or ANALYSES[name].group_when(config))]
 
 
 def analysis_options(config: Config) -> dict[str, Any]:
-    """Each registered analysis's options section, by name."""
+    """Each registered analysis's options section, and the group level's, by name."""
     return {name: section for name, section in config.sections().items()
-            if name in analysis_registry()}
+            if name in analysis_registry() or name == "group"}
 
 
 def shared_settings(config: Config):

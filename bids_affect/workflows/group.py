@@ -16,7 +16,7 @@ from typing import Any
 from nipype.interfaces.utility import Merge
 from nipype.pipeline import engine as pe
 
-from bids_affect.steps.group import group_withinsubject_step
+from bids_affect.steps.group import group_withinsubject_step, inference_settings
 from bids_affect.workflows.builder import WorkflowBuilder
 from bids_affect.workflows.participant import SharedSettings
 
@@ -85,7 +85,8 @@ def init_group_wf(*, output_dir: Path, participant_label: Sequence[str] | None,
     if collect_decoding:
         builder.node(group_withinsubject_step, "withinsubject", {
             "output_dir": str(output_dir), "participant_label": builder.participant_label,
-            "provenance": dict(provenance)}, sink=True)
+            "provenance": dict(provenance),
+            "inference": inference_settings(builder.options.get("group"))}, sink=True)
     for analysis_name in analyses:
         analysis = ANALYSES[analysis_name]
         if analysis.wire_group is not None:

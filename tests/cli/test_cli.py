@@ -151,7 +151,7 @@ def test_output_inside_bids_derivatives_is_allowed(tmp_path):
     (["{bids}", "{bids}", "participant"], 64, ["output_dir is bids_dir or inside it"]),
     (["{bids}", "{bids}/results", "participant"], 64, ["inside it"]),
     (["{bids}", "{out}", "participant", "-w", "{bids}/work"], 64, ["work directory"]),
-    (["{bids}", "{out}", "participant", "--analyses", "encoding"], 64, ["not available"]),
+    (["{bids}", "{out}", "participant", "--analyses", "selectivity"], 64, ["group level only"]),
     (["{bids}", "{out}", "participant", "--analyses", "telepathy"], 64, ["unknown"]),
     (["{bids}", "{out}", "participant", "--analyses", "occlusion", "--models", "ridge"], 64,
      ["needs a CNN", "cnn-neuro120fp"]),

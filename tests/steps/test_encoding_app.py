@@ -16,7 +16,7 @@ from bids_affect.encoding import EncodingModel
 from tests.cli.test_cli import assert_one_line_error
 
 FAST = ["--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1", "--random-seed", "1",
-        "--analyses", "encoding", "--encoding-permutations", "20"]
+        "--analyses", "encoding", "--encoding-permutations", "100"]
 MOVIE = ["--feature-weights", "random", "--feature-layer", "conv1",
          "--feature-sets", "alexnetconv1"]
 
@@ -59,8 +59,8 @@ def test_recorded_features_predict_the_planted_voxels(planted):
             "random_split_r"} <= set(table.columns)
     metrics = json.loads((func / "sub-01_task-movie_desc-visual_encoding.json").read_text())
     assert metrics["cv"] == "loro" and metrics["n_folds"] == 3
-    assert metrics["null"]["p_resolution"] == pytest.approx(1 / 21)
-    assert "audit" in metrics and metrics["Parameters"]["n_permutations"] == 20
+    assert metrics["null"]["p_resolution"] == pytest.approx(1 / 101)
+    assert "audit" in metrics and metrics["Parameters"]["n_permutations"] == 100
     model = EncodingModel.load(out / "sub-01/models/sub-01_task-movie_desc-visual_encoder.npz")
     assert model.feature_spec["feature_sets"] == ["visual"]
     assert "Voxelwise encoding models (ridge)" in (out / "logs/CITATION.md").read_text()
@@ -78,9 +78,14 @@ def test_movie_frames_through_a_cnn_predict_the_planted_voxels(planted):
     # The computed features are BIDS stim recordings, and the work directory keeps them.
     recordings = sorted((out / "sub-01" / "func").glob("*_recording-alexnetconv1_stim.tsv.gz"))
     assert len(recordings) == 3
-    sidecar = json.loads(recordings[0].with_name(recordings[0].name.replace(".tsv.gz", ".json"))
-                         .read_text())
-    assert sidecar["Provenance"]["weights"] == "random" and sidecar["SamplingFrequency"] == 2.0
+    for run, recording in enumerate(recordings, start=1):
+        sidecar = json.loads(recording.with_name(recording.name.replace(".tsv.gz", ".json"))
+                             .read_text())
+        assert sidecar["SamplingFrequency"] == 2.0
+        assert sidecar["Provenance"]["extractor"]["weights"] == "random"
+        assert sidecar["Provenance"]["source"].endswith(f"movie_run-{run}.mp4")
+        assert sidecar["Columns"][:2] == ["conv1_00", "conv1_01"]
+        assert "alexnet conv1 (random weights)" in sidecar["Description"]
     assert len(list((planted / "work" / "feature_cache").glob("alexnetconv1_*.npz"))) == 3
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import re
@@ -21,6 +20,7 @@ from bids_affect.exceptions import InputDataError, UsageError
 from bids_affect.io.validation import validate_dataset
 from bids_affect.occlusion import TOP_VOXEL_COLUMNS, UMAP_COLUMNS
 from bids_affect.rsa import rdm_to_table
+from tests.helpers import result_hashes
 
 
 def run_everything(bids: Path, out: Path, work: Path) -> None:
@@ -66,7 +66,9 @@ def test_every_contracted_output_is_written(finished_run):
             predictions = pd.read_csv(func / f"{prefix}_run-{run}_desc-{model}_predictions.tsv",
                                       sep="\t")
             assert list(predictions.columns[:4]) == ["onset", "volume", "true", "predicted"]
-            assert {f"prob_{c}" for c in classes} <= set(predictions.columns)
+            # Ridge has decision values, not probabilities (DESIGN.md, outputs).
+            score = "decision" if model == "ridge" else "prob"
+            assert {f"{score}_{c}" for c in classes} <= set(predictions.columns)
         extension = "pt" if model.startswith("cnn") else "joblib"
         models = sorted((out / "sub-01" / "models").glob(f"*desc-{model}*_model.{extension}"))
         assert models and all(m.with_suffix(".json").exists() for m in models)
@@ -107,13 +109,7 @@ def test_every_data_file_has_a_sidecar_and_no_temp_file_is_left(finished_run):
 def test_the_same_seed_gives_the_same_files_bit_for_bit(finished_run, tmp_path):
     root, out = finished_run
     run_everything(root / "bids", tmp_path / "out", tmp_path / "work")
-
-    def hashes(folder: Path) -> dict[str, str]:
-        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(folder.rglob("*")) if p.is_file()
-                and "log" not in p.relative_to(folder).parts[:2]}
-
-    first, second = hashes(out), hashes(tmp_path / "out")
+    first, second = result_hashes(out), result_hashes(tmp_path / "out")
     assert any(name.endswith(".pt") for name in first)
     assert any(name.endswith("_statmap.nii.gz") for name in first)
     assert first == second
@@ -456,10 +452,14 @@ def test_tables_state_their_columns_and_round_floats(finished_run):
     sidecar = _sidecar(predictions)
     header = predictions.read_text().splitlines()[0].split("\t")
     assert header[:4] == ["onset", "volume", "true", "predicted"]
-    # Ridge has no class probabilities: its decision values, under their own name.
-    assert all(column.startswith("decision_") for column in header[4:])
+    # Ridge has no class probabilities: the contracted prob_CLASS columns hold the
+    # softmax of its decision values (the sidecar says so), then come the values.
+    n_classes = (len(header) - 4) // 2
+    assert all(column.startswith("prob_") for column in header[4:4 + n_classes])
+    assert all(column.startswith("decision_") for column in header[4 + n_classes:])
     assert sidecar["onset"]["Units"] == "s"
-    assert sidecar[header[4]]["Description"].startswith("Decision value of class")
+    assert sidecar[header[-1]]["Description"].startswith("Decision value of class")
+    assert "not calibrated" in sidecar["Scores"]
     cnn = next((out / "sub-01" / "func").glob("*_run-1_desc-cnndeepemotion_predictions.tsv"))
     assert all(c.startswith("prob_") for c in cnn.read_text().splitlines()[0].split("\t")[4:])
     for line in predictions.read_text().splitlines()[1:]:

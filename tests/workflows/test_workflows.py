@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,7 +15,7 @@ from bids_affect.cli.run import main
 from bids_affect.config import Config
 from bids_affect.datasets import make_synthetic_dataset
 from bids_affect.workflows.participant import SharedSettings, init_participant_wf
-from tests.helpers import file_hashes
+from tests.helpers import file_hashes, result_hashes
 
 FAST = ["--labels", "studyforrest-5", "--models", "ridge", "--n-permutations", "50",
         "--min-volumes", "5", "--skip-bids-validation", "--nprocs", "1"]
@@ -92,11 +91,6 @@ def test_a_rerun_after_a_crash_resumes_from_the_work_dir(four_subjects, tmp_path
     assert (tmp_path / "out/sub-01/func/sub-01_task-movie_desc-ridge_decoding.json").exists()
 
 
-def _tree_hashes(root: Path) -> dict[str, str]:
-    # Run logs hold the run id and the time: they differ between equal runs.
-    return file_hashes(root, lambda p: "/log/" not in f"/{p}" and p.suffix != ".toml")
-
-
 def test_same_seed_gives_identical_outputs(four_subjects, tmp_path, capsys):
     outputs = []
     for attempt in ("a", "b"):
@@ -106,7 +100,7 @@ def test_same_seed_gives_identical_outputs(four_subjects, tmp_path, capsys):
                      "--random-seed", "123", "--omp-nthreads", "1",
                      *FAST, "--models", "ridge,logreg"])
         assert code == 0, capsys.readouterr().err
-        outputs.append(_tree_hashes(out))
+        outputs.append(result_hashes(out))
     assert outputs[0] == outputs[1]
     assert any(name.endswith("_desc-logreg_decoding.json") for name in outputs[0])
 

@@ -16,6 +16,7 @@ from bids_affect.reports.sections import (  # noqa: F401 (registers the sections
     decoding,
     encoding,
     group,
+    group_level,
     methods,
     occlusion,
     rsa,
