@@ -6,6 +6,8 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 
 def file_hashes(root: Path, keep: Callable[[Path], bool] = lambda path: True
                 ) -> dict[str, str]:
@@ -72,3 +74,14 @@ def run_until_killed(folder: Path, die_at_epoch: int, body: str, *args: object,
     done = subprocess.run([sys.executable, str(script), *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+def gabor(angle: float, frequency: float, size: int = 7, sigma: float = 2.5) -> np.ndarray:
+    """A zero-mean, L1-normalised Gabor kernel (``frequency``: cycles per pixel)."""
+    r = size // 2
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    along = xx * np.cos(angle) + yy * np.sin(angle)
+    kernel = np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2)) * np.cos(
+        2 * np.pi * frequency * along)
+    kernel -= kernel.mean()
+    return kernel / np.abs(kernel).sum()

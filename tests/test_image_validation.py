@@ -35,6 +35,7 @@ from bids_affect.image_validation import (
     validate_encoding_models,
 )
 from bids_affect.models.image import Preprocessing
+from tests.helpers import gabor
 
 SIZE = 32
 CYCLES = 4
@@ -64,16 +65,6 @@ def make_rated_images(root: Path, n: int, rng: np.random.Generator) -> Path:
     return root
 
 
-def _gabor(angle: float, size: int = 7, sigma: float = 2.5) -> np.ndarray:
-    r = size // 2
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    along = xx * np.cos(angle) + yy * np.sin(angle)
-    kernel = np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2)) * np.cos(
-        2 * np.pi * CYCLES / SIZE * along)
-    kernel -= kernel.mean()
-    return kernel / np.abs(kernel).sum()
-
-
 class FeatureNet(nn.Module):
     """conv: 0 red-opponent, 1 vertical stripes, 2 horizontal stripes, 3-8 random."""
 
@@ -86,8 +77,8 @@ class FeatureNet(nn.Module):
             weights = torch.randn(3 + n_random, 3, 7, 7, generator=generator) / 20
             weights[0] = -0.5 / 49
             weights[0, 0] = 1 / 49
-            weights[1] = torch.tensor(_gabor(0.0) / 3)[None]
-            weights[2] = torch.tensor(_gabor(np.pi / 2) / 3)[None]
+            weights[1] = torch.tensor(gabor(0.0, CYCLES / SIZE) / 3)[None]
+            weights[2] = torch.tensor(gabor(np.pi / 2, CYCLES / SIZE) / 3)[None]
             self.conv.weight.copy_(weights)
             self.conv.bias.zero_()
 

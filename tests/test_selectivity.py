@@ -43,6 +43,7 @@ from bids_affect.selectivity import (
     table_1,
     tuning_values,
 )
+from tests.helpers import gabor
 
 CATEGORIES = ("pleasant", "neutral", "unpleasant")
 SIZE = 32
@@ -85,16 +86,6 @@ def grating_images(n_per_category: int, rng: np.random.Generator, strength: floa
     return torch.tensor(images, dtype=torch.float32), np.asarray(CATEGORIES)[codes]
 
 
-def _gabor(angle: float, size: int = 7, sigma: float = 2.5) -> np.ndarray:
-    r = size // 2
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    along = xx * np.cos(angle) + yy * np.sin(angle)
-    kernel = np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2)) * np.cos(
-        2 * np.pi * CYCLES / SIZE * along)
-    kernel -= kernel.mean()
-    return kernel / np.abs(kernel).sum()
-
-
 class PlantedCNN(nn.Module):
     """conv1 (detectors) -> pool -> conv2 (planted channels) -> mean -> fc1 -> fc2."""
 
@@ -115,7 +106,7 @@ class PlantedCNN(nn.Module):
         for k in range(3):
             w1[k] = -0.5 / 49
             w1[k, k] = 1.0 / 49  # colour k minus the mean of the others
-            w1[3 + k] = _gabor(ANGLES[k])[None]
+            w1[3 + k] = gabor(ANGLES[k], CYCLES / SIZE)[None]
         w1[6], b1[6] = 1.0 / 147, -0.3  # brightness
         w1[7], b1[7] = -1.0 / 147, 0.7  # darkness
         w2 = np.zeros((n_channels, 8))

@@ -25,22 +25,13 @@ from bids_affect.synthesis import (
     synthesis_separability,
     synthesize,
 )
+from tests.helpers import gabor
 
 SIZE = 32
 CYCLES = 4
 RAW = Preprocessing(resize=(SIZE, SIZE), crop=None, scale=255.0, mean=(0, 0, 0), std=(1, 1, 1))
 #: Detector weights of each planted ROI (rows: red, green, vertical, horizontal detectors).
 RED, GREEN, VERTICAL = (np.eye(4)[:, k] * 10 for k in range(3))
-
-
-def _gabor(angle: float, size: int = 7, sigma: float = 2.5) -> np.ndarray:
-    r = size // 2
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    along = xx * np.cos(angle) + yy * np.sin(angle)
-    kernel = np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2)) * np.cos(
-        2 * np.pi * CYCLES / SIZE * along)
-    kernel -= kernel.mean()
-    return kernel / np.abs(kernel).sum()
 
 
 class Detectors(nn.Module):
@@ -54,8 +45,8 @@ class Detectors(nn.Module):
         for colour in (0, 1):
             weights[colour] = -0.5 / 49
             weights[colour, colour] = 1 / 49
-        weights[2] = torch.tensor(_gabor(0.0) / 3)[None]
-        weights[3] = torch.tensor(_gabor(np.pi / 2) / 3)[None]
+        weights[2] = torch.tensor(gabor(0.0, CYCLES / SIZE) / 3)[None]
+        weights[3] = torch.tensor(gabor(np.pi / 2, CYCLES / SIZE) / 3)[None]
         with torch.no_grad():
             self.conv.weight.copy_(weights)
             self.conv.bias.zero_()

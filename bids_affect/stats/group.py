@@ -48,6 +48,7 @@ from bids_affect._utils.validation import (
     check_probability,
 )
 from bids_affect.exceptions import InputDataError, UsageError
+from bids_affect.stats.permutation import count_extreme
 
 LOGGER = logging.getLogger("bids_affect.stats")
 
@@ -533,14 +534,9 @@ def sign_flip_test(values: Sequence[float] | np.ndarray, alternative: str = "gre
     null = signs @ values / n
     observed = float(values.mean())
     tolerance = 1e-12 * max(1.0, float(np.abs(values).max()))
-    if alternative == "greater":
-        extreme = null >= observed - tolerance
-    elif alternative == "less":
-        extreme = null <= observed + tolerance
-    else:
-        extreme = np.abs(null) >= abs(observed) - tolerance
+    n_extreme = count_extreme(null, observed, alternative, tolerance)
     # Enumerated: the observed pattern is one of the 2^n; drawn: it is added to them.
-    p = float(extreme.mean()) if exact else float((1 + extreme.sum()) / (1 + n_permutations))
+    p = n_extreme / len(null) if exact else (1 + n_extreme) / (1 + n_permutations)
     return SignFlipResult(observed, p, int(len(signs)), bool(exact), alternative)
 
 

@@ -33,6 +33,7 @@ from bids_affect._utils.docs import fill_doc
 from bids_affect._utils.validation import check_choice
 from bids_affect.exceptions import InputDataError, UsageError
 from bids_affect.progress import Progress
+from bids_affect.stats.permutation import count_extreme
 
 __all__ = ["ALTERNATIVES", "MAX_EXACT_CLASSES", "METHODS", "MantelResult", "correlate",
            "kendall_tau_a", "mantel", "symmetric", "upper_triangle"]
@@ -236,7 +237,7 @@ def mantel(a: np.ndarray, b: np.ndarray, method: str, n_permutations: int, alter
         progress = (stack.enter_context(Progress(n_total, desc="Mantel permutations"))
                     if n_total * a_vector.size >= _LARGE_WORK else None)
         for permutations in batches:
-            n_extreme += _count_extreme(null.statistics(permutations), observed, alternative,
+            n_extreme += count_extreme(null.statistics(permutations), observed, alternative,
                                         null.tolerance)
             if progress is not None:
                 progress.update(len(permutations))
@@ -262,18 +263,6 @@ def _resolve_n_jobs(n_jobs: int) -> int:
         raise UsageError(f"must be a positive integer or -1 (all cores); got {n_jobs!r}",
                          path="n_jobs")
     return int(n_jobs)
-
-
-def _count_extreme(null: np.ndarray, observed: float, alternative: str,
-                   tolerance: float) -> int:
-    """How many null statistics are at least as extreme as the observed one."""
-    if alternative == "greater":
-        extreme = null >= observed - tolerance
-    elif alternative == "less":
-        extreme = null <= observed + tolerance
-    else:
-        extreme = np.abs(null) >= abs(observed) - tolerance
-    return int(np.count_nonzero(extreme))
 
 
 def _permutation_batches(k: int, exact: bool, n_total: int, batch_size: int,

@@ -101,6 +101,30 @@ def circular_shifts(y: np.ndarray, runs: np.ndarray, n_permutations: int,
     return permuted
 
 
+def count_extreme(null: np.ndarray, observed: float, alternative: str,
+                  tolerance: float) -> int:
+    """How many null statistics are at least as extreme as the observed one.
+
+    ``alternative`` is "greater", "less" or "two-sided" (absolute values);
+    ``tolerance`` keeps ties that differ by rounding.
+
+    Examples
+    --------
+    >>> count_extreme(np.array([-2.0, 0.5, 1.0, 3.0]), 1.0, "greater", 1e-12)
+    2
+    >>> count_extreme(np.array([-2.0, 0.5, 1.0, 3.0]), 1.0, "two-sided", 1e-12)
+    3
+    """
+    null = np.asarray(null)
+    if alternative == "greater":
+        extreme = null >= observed - tolerance
+    elif alternative == "less":
+        extreme = null <= observed + tolerance
+    else:
+        extreme = np.abs(null) >= abs(observed) - tolerance
+    return int(np.count_nonzero(extreme))
+
+
 def permutation_p_value(observed: float, null: np.ndarray) -> float:
     """One-sided p: ``(1 + #{null >= observed}) / (1 + n)``; 1.0 without permutations."""
     null = np.asarray(null)

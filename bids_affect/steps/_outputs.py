@@ -46,3 +46,34 @@ def run_entities(run: RunRecord) -> dict[str, Any]:
 def data_space(samples) -> str | None:
     """The space of a sample set's runs (None: raw data in native space)."""
     return samples.manifest["runs"][0].get("space")
+
+
+def participant_outputs(output_dir: Path | str, kind: str,
+                        participant_label: Sequence[str] | None, *, what: str,
+                        analyses: str) -> list[deriv.FoundOutput]:
+    """Participant-level outputs of ``kind`` of the selected subjects (66 when none).
+
+    ``what`` names them in the error (``decoding outputs
+    (sub-*/func/*_decoding.json)``), ``analyses`` is the ``--analyses`` value
+    that writes them.
+    """
+    from bids_affect.exceptions import InputMissingError
+
+    found = [item for item in deriv.find_outputs(Path(output_dir), kind)
+             if "subject" in item.entities
+             and (not participant_label or item.entities["subject"] in participant_label)]
+    if not found:
+        raise InputMissingError(
+            f"no participant-level {what}",
+            path=output_dir,
+            fix=f"run the participant level with --analyses {analyses} first")
+    return found
+
+
+def by_task_and_desc(found: Sequence[deriv.FoundOutput]
+                     ) -> list[tuple[tuple[str, str], list[deriv.FoundOutput]]]:
+    """Outputs grouped by task and ``desc``, sorted (one group result per pair)."""
+    groups: dict[tuple[str, str], list[deriv.FoundOutput]] = {}
+    for item in found:
+        groups.setdefault((item.entities["task"], item.entities["desc"]), []).append(item)
+    return sorted(groups.items())

@@ -22,7 +22,7 @@ import pandas as pd
 from bids_affect._utils import converters
 from bids_affect.config import derive_seed, option, section
 from bids_affect.io import derivatives as deriv
-from bids_affect.steps._outputs import read_json
+from bids_affect.steps._outputs import participant_outputs, read_json
 
 if TYPE_CHECKING:
     from bids_affect.config import Config
@@ -207,16 +207,9 @@ def warn_other_versions(paths: Sequence[Path], what: str) -> list[str]:
 def find_decoding_outputs(output_dir: Path | str,
                           participant_label: Sequence[str] | None = None) -> list:
     """Participant-level ``decoding.json`` files of the selected subjects (66 when none)."""
-    from bids_affect.exceptions import InputMissingError
-
-    found = deriv.find_outputs(output_dir, "decoding")
-    if participant_label:
-        found = [item for item in found if item.entities["subject"] in participant_label]
-    if not found:
-        raise InputMissingError(
-            "no participant-level decoding outputs (sub-*/func/*_decoding.json)",
-            path=output_dir, fix="run the participant level (with --analyses decoding) first")
-    return found
+    return participant_outputs(output_dir, "decoding", participant_label,
+                               what="decoding outputs (sub-*/func/*_decoding.json)",
+                               analyses="decoding")
 
 
 def group_withinsubject_step(out_dir: Path, *, output_dir: str,

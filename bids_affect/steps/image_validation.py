@@ -30,7 +30,7 @@ from bids_affect._utils import converters
 from bids_affect.config import option, section
 from bids_affect.exceptions import BidsAffectError, InputDataError, InputMissingError
 from bids_affect.io import derivatives as deriv
-from bids_affect.steps._outputs import read_json, sources
+from bids_affect.steps._outputs import by_task_and_desc, participant_outputs, read_json, sources
 from bids_affect.steps.selectivity import (
     analysis_wanted,
     check_image_set_names,
@@ -415,19 +415,12 @@ def group_image_validation_step(out_dir: Path, *, output_dir: str,
 
     from bids_affect.image_validation import group_coefficient_tests
 
-    found = deriv.find_outputs(output_dir, "image_regression")
-    if participant_label:
-        found = [item for item in found if item.entities["subject"] in participant_label]
-    if not found:
-        raise InputMissingError(
-            "no participant-level image-validation outputs (sub-*/func/*_imageregression.tsv)",
-            path=output_dir, fix="run the participant level with --analyses "
-                                 "encoding,image-validation first")
-    groups: dict[tuple[str, str], list] = {}
-    for item in found:
-        groups.setdefault((item.entities["task"], item.entities["desc"]), []).append(item)
+    found = participant_outputs(
+        output_dir, "image_regression", participant_label,
+        what="image-validation outputs (sub-*/func/*_imageregression.tsv)",
+        analyses="encoding,image-validation")
     resolver = deriv.SourceResolver({"": Path(output_dir)})
-    for (task, desc), items in sorted(groups.items()):
+    for (task, desc), items in by_task_and_desc(found):
         per_subject = pd.concat([
             pd.read_csv(item.path, sep="\t").assign(
                 participant_id=f"sub-{item.entities['subject']}")

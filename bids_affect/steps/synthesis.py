@@ -27,9 +27,9 @@ import pandas as pd
 
 from bids_affect._utils import converters
 from bids_affect.config import option, section
-from bids_affect.exceptions import BidsAffectError, InputDataError, InputMissingError, UsageError
+from bids_affect.exceptions import BidsAffectError, InputDataError, UsageError
 from bids_affect.io import derivatives as deriv
-from bids_affect.steps._outputs import read_json, sources
+from bids_affect.steps._outputs import by_task_and_desc, participant_outputs, read_json, sources
 from bids_affect.steps.image_validation import (
     check_weights_unchanged,
     image_encoding_fits,
@@ -362,20 +362,12 @@ def group_synthesis_step(out_dir: Path, *, output_dir: str,
 
     from bids_affect.stats.group import TTEST_CAVEAT, accuracy_ttest
 
-    found = deriv.find_outputs(output_dir, "synthesis_separability")
-    found = [item for item in found if "subject" in item.entities]
-    if participant_label:
-        found = [item for item in found if item.entities["subject"] in participant_label]
-    if not found:
-        raise InputMissingError(
-            "no participant-level synthesis outputs (sub-*/func/*_separability.tsv)",
-            path=output_dir, fix="run the participant level with --analyses "
-                                 "encoding,synthesis first")
-    groups: dict[tuple[str, str], list] = {}
-    for item in found:
-        groups.setdefault((item.entities["task"], item.entities["desc"]), []).append(item)
+    found = participant_outputs(
+        output_dir, "synthesis_separability", participant_label,
+        what="synthesis outputs (sub-*/func/*_separability.tsv)",
+        analyses="encoding,synthesis")
     resolver = deriv.SourceResolver({"": Path(output_dir)})
-    for (task, desc), items in sorted(groups.items()):
+    for (task, desc), items in by_task_and_desc(found):
         rows, confusion = [], None
         for item in sorted(items, key=lambda i: i.path):
             row = pd.read_csv(item.path, sep="\t").iloc[0].to_dict()
