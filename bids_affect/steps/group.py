@@ -185,17 +185,31 @@ def warn_other_versions(paths: Sequence[Path], what: str) -> list[str]:
     >>> warn_other_versions([], "decoding outputs")
     []
     """
+    versions = {}
+    for path in map(Path, paths):
+        about = path if path.suffix == ".json" else deriv.sidecar_path(path)
+        if about.is_file():
+            versions[path.name] = read_json(about).get("SoftwareVersions", {}).get("bids_affect")
+    return warn_versions(versions, what)
+
+
+def warn_versions(versions: Mapping[str, str | None], what: str) -> list[str]:
+    """Warn when the bids_affect versions of named inputs differ from this one.
+
+    ``versions`` maps an input's name to the version that wrote it (None:
+    unknown, not warned about). Returns the other versions, sorted.
+
+    Examples
+    --------
+    >>> warn_versions({"sub-01 samples": "0.0.1", "sub-02 samples": None}, "samples")
+    ['0.0.1']
+    """
     from bids_affect.__about__ import __version__
 
     found: dict[str, list[str]] = {}
-    for path in paths:
-        path = Path(path)
-        about = path if path.suffix == ".json" else deriv.sidecar_path(path)
-        if not about.is_file():
-            continue
-        version = read_json(about).get("SoftwareVersions", {}).get("bids_affect")
+    for name, version in versions.items():
         if version and version != __version__:
-            found.setdefault(str(version), []).append(path.name)
+            found.setdefault(str(version), []).append(name)
     if found:
         LOGGER.warning("%s were written by bids_affect %s, and this group level is bids_affect "
                        "%s: results may not be comparable (e.g. %s)", what,

@@ -42,7 +42,7 @@ import pandas as pd
 
 from bids_affect.io import derivatives as deriv
 from bids_affect.steps._outputs import cleaning_parameters, data_space, read_json, sources
-from bids_affect.steps.group import group_options
+from bids_affect.steps.group import group_options, warn_versions
 
 if TYPE_CHECKING:
     from bids_affect.workflows.group import GroupWorkflow
@@ -120,7 +120,8 @@ def load_subjects(samples_dirs: Sequence[Path], subjects: Sequence[str],
 
     Sample matrices stay memory-mapped (read a block of rows at a time by the
     folds). Samples not in a standard space are refused (exit 65) with one
-    line naming the subjects and their samples.
+    line naming the subjects and their samples; samples written by another
+    bids_affect version are warned about (both versions named).
     """
     from bids_affect.atlases import is_standard_space
     from bids_affect.bold import SampleSet
@@ -131,6 +132,9 @@ def load_subjects(samples_dirs: Sequence[Path], subjects: Sequence[str],
         raise InputDataError(f"{len(samples_dirs)} sample folders for {len(subjects)} "
                              "subjects", path="samples_dirs")
     loaded = [SampleSet.load(folder) for folder in samples_dirs]
+    warn_versions({f"sub-{subject} samples": samples.manifest.get("software", {}).get(
+        "bids_affect") for subject, samples in zip(subjects, loaded)},
+        "participant-level samples")
     spaces = [data_space(samples) for samples in loaded]
     native = [(subject, space, folder) for subject, space, folder
               in zip(subjects, spaces, samples_dirs) if not is_standard_space(space)]

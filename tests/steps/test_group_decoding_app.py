@@ -247,3 +247,28 @@ def test_a_participant_run_ignores_group_options(tmp_path):
     saved = tmp_path / "run.toml"
     saved.write_text(config.to_toml())
     assert Config.from_toml(saved).section("group").alignment == ["none", "srm"]
+
+
+def test_samples_of_another_version_are_warned_about_with_both_versions(three_subjects,
+                                                                       tmp_path, caplog):
+    from bids_affect.__about__ import __version__
+    from bids_affect.bold import MANIFEST_FILE
+    from bids_affect.steps.group_decoding import load_subjects
+
+    folders = sorted(three_subjects["work"].glob("*/sub_*_task_movie_wf/samples/result"))
+    copies = []
+    for k, folder in enumerate(folders[:2]):
+        copy = tmp_path / f"samples{k}"
+        shutil.copytree(folder, copy)
+        copies.append(copy)
+    manifest = json.loads((copies[1] / MANIFEST_FILE).read_text())
+    manifest["software"]["bids_affect"] = "0.0.1"
+    (copies[1] / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="bids_affect.group"):
+        loaded = load_subjects(copies, ["01", "02"], 5)
+    assert len(loaded) == 2
+    warned = [record.getMessage() for record in caplog.records]
+    assert len(warned) == 1
+    assert "participant-level samples were written by bids_affect 0.0.1" in warned[0]
+    assert f"this group level is bids_affect {__version__}" in warned[0]
+    assert "sub-02 samples" in warned[0]
