@@ -56,6 +56,15 @@ def participant_outputs(output_dir: Path | str, kind: str,
     ``what`` names them in the error (``decoding outputs
     (sub-*/func/*_decoding.json)``), ``analyses`` is the ``--analyses`` value
     that writes them.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> participant_outputs(tempfile.mkdtemp(), "decoding", None, what="decoding outputs",
+    ...                     analyses="decoding")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bids_affect.exceptions.InputMissingError: ...: no participant-level decoding outputs; ...
     """
     from bids_affect.exceptions import InputMissingError
 
@@ -72,7 +81,16 @@ def participant_outputs(output_dir: Path | str, kind: str,
 
 def by_task_and_desc(found: Sequence[deriv.FoundOutput]
                      ) -> list[tuple[tuple[str, str], list[deriv.FoundOutput]]]:
-    """Outputs grouped by task and ``desc``, sorted (one group result per pair)."""
+    """Outputs grouped by task and ``desc``, sorted (one group result per pair).
+
+    Examples
+    --------
+    >>> found = [deriv.FoundOutput(Path(name), deriv.parse_entities(name)) for name in (
+    ...     "sub-02_task-movie_desc-a_x.tsv", "sub-01_task-movie_desc-a_x.tsv",
+    ...     "sub-01_task-movie_desc-b_x.tsv")]
+    >>> [(key, len(items)) for key, items in by_task_and_desc(found)]
+    [(('movie', 'a'), 2), (('movie', 'b'), 1)]
+    """
     groups: dict[tuple[str, str], list[deriv.FoundOutput]] = {}
     for item in found:
         groups.setdefault((item.entities["task"], item.entities["desc"]), []).append(item)
