@@ -71,6 +71,8 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from bids_affect._utils.validation import check_choice, check_number
+
 __all__ = [
     "LOSSES",
     "BalancedLinearSVC",
@@ -89,22 +91,6 @@ _LABEL_FREE_STEPS = (StandardScaler, PCA)
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_choice(value: Any, name: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; "
-                         f"got {value!r}")
-
-
-def _check_positive(value: Any, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not number > 0 or not math.isfinite(number):
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
-    return number
 
 
 def _check_two_classes(classes: np.ndarray, name: str) -> None:
@@ -155,7 +141,7 @@ class _BalancedLinearClassifier(ClassifierMixin, BaseEstimator):
     def _fit_centred(self, X, y, solver):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
-        _check_positive(self.C, "C")
+        check_number(self.C, "C", positive=True)
         self.classes_, codes = np.unique(y, return_inverse=True)
         _check_two_classes(self.classes_, type(self).__name__)
         self.mean_ = X.mean(axis=0)
@@ -327,7 +313,7 @@ class BalancedLinearSVC(_BalancedLinearClassifier):
 
     def fit(self, X, y) -> BalancedLinearSVC:
         """Fit the one-vs-rest problems on the centred data with balanced class weights."""
-        _check_positive(self.intercept_scaling, "intercept_scaling")
+        check_number(self.intercept_scaling, "intercept_scaling", positive=True)
         solver = LinearSVC(C=float(self.C), loss="squared_hinge",
                            intercept_scaling=float(self.intercept_scaling), tol=self.tol,
                            max_iter=self.max_iter, dual=self.dual,
@@ -353,7 +339,7 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be float32 or float64; got {dtype}")
         return dtype
-    _check_choice(dtype, "dtype", ("float32", "float64"))
+    check_choice(dtype, "dtype", ("float32", "float64"))
     return torch.float32 if dtype == "float32" else torch.float64
 
 
@@ -796,9 +782,9 @@ def fit_permutations(X_train: np.ndarray, Y_permuted: np.ndarray, X_test: np.nda
     >>> fit_permutations(X[:20], Y[:, :20], X[20:], loss="squared_hinge", C=1.0).shape
     (4, 10, 3)
     """
-    _check_choice(loss, "loss", tuple(LOSSES))
-    C = _check_positive(C, "C")
-    tol = _check_positive(tol, "tol")
+    check_choice(loss, "loss", tuple(LOSSES))
+    C = check_number(C, "C", positive=True)
+    tol = check_number(tol, "tol", positive=True)
     Y = np.atleast_2d(np.asarray(Y_permuted))
     if not np.issubdtype(Y.dtype, np.integer) or Y.min() < 0:
         raise ValueError("Y_permuted must hold class indices 0 .. n_classes - 1; got "

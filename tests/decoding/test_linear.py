@@ -273,15 +273,15 @@ def test_device_argument_accepts_torch_devices_and_names(rng):
 def test_bad_arguments_name_the_parameter(rng):
     X = rng.normal(size=(30, 8))
     Y = rng.integers(0, 3, size=(2, 20))
-    with pytest.raises(ValueError, match="loss must be one of 'logistic', 'squared_hinge'"):
+    with pytest.raises(ValueError, match="loss: must be one of 'logistic', 'squared_hinge'"):
         fit_permutations(X[:20], Y, X[20:], loss="hinge")
-    with pytest.raises(ValueError, match="C must be a positive"):
+    with pytest.raises(ValueError, match="C: must be a finite number > 0"):
         fit_permutations(X[:20], Y, X[20:], C=-1)
     with pytest.raises(ValueError, match="20 training samples"):
         fit_permutations(X[:20], Y[:, :10], X[20:])
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(ValueError, match="dtype: must be one of"):
         fit_permutations(X[:20], Y, X[20:], dtype="float16")
-    with pytest.raises(ValueError, match="C must be a positive"):
+    with pytest.raises(ValueError, match="C: must be a finite number > 0"):
         BalancedLogisticRegression(C=0).fit(X, np.arange(30) % 2)
     with pytest.raises(ValueError, match="cannot batch the step"):
         permutation_null_predictions(
