@@ -339,6 +339,9 @@ def convolve_features(values: np.ndarray, times: np.ndarray, frame_times: np.nda
 #: so the grid spans 1e-2 (a few samples, little noise) to 1e7 (thousands of CNN units).
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 7, 10))
 
+#: Voxels per batch of himalaya's ridge solvers (memory bound; results do not depend on it).
+DEFAULT_TARGETS_BATCH = 10_000
+
 #: himalaya backends :class:`RidgeEncoder` accepts; "auto" takes "torch_cuda" when torch
 #: sees a GPU, else "numpy".
 BACKENDS = ("numpy", "torch", "torch_cuda", "auto")
@@ -752,8 +755,10 @@ class RidgeEncoder(_LinearEncoder):
         Gap of the inner blocked CV: seconds of ``times`` (samples without ``times``).
     backend : {"numpy", "torch", "torch_cuda", "auto"}
         himalaya backend ("auto": CUDA when torch sees a GPU).
-    n_targets_batch : int, optional
-        Voxels per batch inside himalaya (bounds memory).
+    n_targets_batch : int or None
+        Voxels per batch inside himalaya: bounds the memory of the inner CV's
+        predictions (alphas x validation volumes x voxels) without changing the
+        result; None takes all voxels at once.
     solver : {"auto", "primal", "dual"}
         himalaya's ``RidgeCV`` (SVD of the features) or ``KernelRidgeCV`` with a
         linear kernel (eigendecomposition of the samples' Gram matrix): the
@@ -784,8 +789,8 @@ class RidgeEncoder(_LinearEncoder):
     """
 
     def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, inner_folds: int = 5,
-                 gap: float = 30.0, backend: str = "numpy", n_targets_batch: int | None = None,
-                 solver: str = "auto"):
+                 gap: float = 30.0, backend: str = "numpy",
+                 n_targets_batch: int | None = DEFAULT_TARGETS_BATCH, solver: str = "auto"):
         self.alphas = alphas
         self.inner_folds = inner_folds
         self.gap = gap
@@ -880,7 +885,7 @@ class BandedRidgeEncoder(RidgeEncoder):
     def __init__(self, bands: Sequence[int] | None = None,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, n_iter: int = 20,
                  inner_folds: int = 5, gap: float = 30.0,
-                 backend: str = "numpy", n_targets_batch: int | None = None,
+                 backend: str = "numpy", n_targets_batch: int | None = DEFAULT_TARGETS_BATCH,
                  random_state: int | None = None):
         self.alphas = alphas
         self.inner_folds = inner_folds

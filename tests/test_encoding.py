@@ -270,6 +270,19 @@ def test_ridge_primal_and_dual_solvers_agree(rng):
     np.testing.assert_allclose(dual.predict(test), primal.predict(test), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("solver", ["primal", "dual"])
+def test_ridge_voxel_batches_do_not_change_the_fit(rng, solver):
+    runs = np.repeat([1, 2, 3], 20)
+    X = rng.normal(size=(60, 30))
+    Y = X[:, :2] @ rng.normal(size=(2, 7)) * np.arange(7) + rng.normal(size=(60, 7))
+    whole = RidgeEncoder(solver=solver, n_targets_batch=None).fit(X, Y, runs=runs)
+    batched = RidgeEncoder(solver=solver, n_targets_batch=3).fit(X, Y, runs=runs)
+    assert RidgeEncoder().n_targets_batch is not None                # bounded by default
+    assert len(np.unique(whole.best_alphas_)) > 1
+    np.testing.assert_array_equal(batched.best_alphas_, whole.best_alphas_)
+    np.testing.assert_allclose(batched.weights_, whole.weights_, rtol=1e-6, atol=1e-9)
+
+
 def test_ridge_torch_backend_equals_numpy_and_restores_the_backend(rng):
     import torch
     from himalaya.backend import get_backend
