@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -534,6 +537,26 @@ def test_synthetic_movie_is_seeded_and_varies_between_scenes(tmp_path, truth):
     # Within a scene the grating drifts, so frames differ but keep the scene's colour.
     within = truth.groupby("scene")[["r", "g", "b"]].std().max().max()
     assert within < 0.05
+
+
+_WRITE_PINNED = """
+import os, sys
+from bids_affect.datasets.movie import write_synthetic_movie
+os.sched_setaffinity(0, {int(sys.argv[2])})
+write_synthetic_movie(sys.argv[1], duration=60.0, fps=25, seed=3)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_synthetic_movie_bytes_are_the_same_on_any_core(tmp_path):
+    """The same seed gives the same file (x264 did not, pinned to one core: measured)."""
+    cores = sorted(os.sched_getaffinity(0))
+    paths = []
+    for k, core in enumerate([cores[0], cores[0], cores[-1]]):
+        paths.append(tmp_path / f"movie{k}.mp4")
+        subprocess.run([sys.executable, "-c", _WRITE_PINNED, str(paths[-1]), str(core)],
+                       check=True)
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
 
 
 @pytest.mark.parametrize("kwargs, parameter", [
