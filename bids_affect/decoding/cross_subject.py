@@ -85,7 +85,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.utils.validation import check_is_fitted
 
-from bids_affect._utils.validation import check_choice, check_int, check_number
+from bids_affect._utils.validation import check_int, check_number
 from bids_affect.alignment import (
     DEFAULT_MAX_PARCEL_SIZE,
     DEFAULT_N_COMPONENTS,
@@ -104,6 +104,7 @@ from bids_affect.decoding import (
     parse_decoder,
     softmax_of_decision,
 )
+from bids_affect.decoding.cv import cv_scheme
 from bids_affect.exceptions import InputDataError, UsageError
 from bids_affect.stats.group import check_standard_space
 from bids_affect.stats.permutation import null_summary
@@ -478,14 +479,7 @@ def make_segments(harmonised: Harmonised, cv: str = "auto", n_splits: int = 5,
     >>> make_segments(harmonised)[0], len(make_segments(harmonised)[1])
     ('loro', 3)
     """
-    check_choice(cv, "cv", ("auto", "loro", "blocked"))
-    n_runs = len(harmonised.run_names)
-    if cv == "auto":
-        cv = "loro" if n_runs >= 2 else "blocked"
-    if cv == "loro":
-        if n_runs < 2:
-            raise UsageError("leave-one-run-out needs at least 2 runs, got 1", path="--cv",
-                             fix="use --cv blocked for single-run data")
+    if cv_scheme(cv, len(harmonised.run_names)) == "loro":
         return "loro", [Segment(name, k) for k, name in enumerate(harmonised.run_names)]
     n_splits = check_int(n_splits, "n_splits", minimum=2)
     check_number(gap, "gap", minimum=0.0)

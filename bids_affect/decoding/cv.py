@@ -115,16 +115,26 @@ def acquisition_clock(run_index: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.asarray(run_index, float) * 1e6 + np.asarray(times, float)
 
 
+def cv_scheme(cv: str, n_runs: int) -> str:
+    """``"loro"`` or ``"blocked"`` for ``--cv`` (``auto``: leave-one-run-out with 2+ runs).
+
+    Examples
+    --------
+    >>> cv_scheme("auto", 3), cv_scheme("auto", 1), cv_scheme("blocked", 3)
+    ('loro', 'blocked', 'blocked')
+    """
+    check_choice(cv, "cv", CV_SCHEMES)
+    if cv == "auto":
+        return "loro" if n_runs >= 2 else "blocked"
+    if cv == "loro" and n_runs < 2:
+        raise UsageError("leave-one-run-out needs at least 2 runs, got 1", path="cv",
+                         fix="use blocked cross-validation for single-run data")
+    return cv
+
+
 def make_cv(cv: str, runs: np.ndarray, n_splits: int = 5, gap: float = 30.0):
     """The splitter for ``--cv`` (``auto``: leave-one-run-out with 2+ runs, else blocked)."""
-    check_choice(cv, "cv", CV_SCHEMES)
-    n_runs = len(np.unique(runs))
-    if cv == "auto":
-        cv = "loro" if n_runs >= 2 else "blocked"
-    if cv == "loro":
-        if n_runs < 2:
-            raise UsageError("leave-one-run-out needs at least 2 runs, got 1", path="cv",
-                             fix="use blocked cross-validation for single-run data")
+    if cv_scheme(cv, len(np.unique(runs))) == "loro":
         return "loro", LeaveOneRunOut()
     return "blocked", BlockedKFold(n_splits=n_splits, gap=gap)
 
