@@ -11,6 +11,7 @@ Cross-validation follows the decoding options (``--cv``, ``--cv-folds``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -168,7 +169,6 @@ def _movie_cache_key(events: Path, stimuli_dir: Path, provenance: Mapping[str, A
     so subjects who saw the same movies share the features.
     """
     import hashlib
-    import json
 
     from bids_affect.features import find_movie_events
 
@@ -194,18 +194,20 @@ def _movie_features(run, settings: Mapping[str, Any], stimuli_dir: Path, extract
                                settings["frame_step"])
         cached = Path(cache_dir) / f"{name}_{key}.npz"
         if cached.is_file():
-            with np.load(cached, allow_pickle=False) as stored:
-                return FeatureSet(name, stored["values"], stored["times"],
-                                  sampling_frequency=float(stored["sampling_frequency"]),
-                                  provenance=extractor.provenance())
+            # Another run that showed the same movies computed them: its events file is
+            # named in the provenance, so this run's takes its place.
+            features = FeatureSet.load(cached)
+            provenance = dict(features.provenance)
+            if provenance.get("source") == provenance.get("events"):  # several movies
+                provenance["source"] = str(run.events)
+            provenance["events"] = str(run.events)
+            return dataclasses.replace(features, provenance=provenance)
     features = movie_features_for_run(run.events, stimuli_dir, extractor, name=name,
                                       frame_step=settings["frame_step"], tr=run.tr,
                                       n_volumes=run.n_volumes, start_time=run.start_time)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        with deriv.atomic_path(cached) as tmp, open(tmp, "wb") as stream:
-            np.savez(stream, values=features.values, times=features.times,
-                     sampling_frequency=features.sampling_frequency or 0.0)
+        features.save(cached)
     return features
 
 
@@ -301,13 +303,7 @@ def features_step(out_dir: Path, *, runs: Sequence[Mapping[str, Any]],
     about = {}
     for name in wanted:
         for run in run_records:
-            features = per_run[run.key][name]
-            with deriv.atomic_path(out_dir / f"{run.key}_{name}.npz") as tmp, \
-                    open(tmp, "wb") as stream:
-                np.savez(stream, values=features.values, times=features.times,
-                         sampling_frequency=features.sampling_frequency or 0.0,
-                         columns=np.asarray(features.columns, dtype=str),
-                         provenance=json.dumps(dict(features.provenance), default=str))
+            per_run[run.key][name].save(out_dir / f"{run.key}_{name}.npz")
         provenances = [dict(per_run[run.key][name].provenance) for run in run_records]
         first = per_run[run_records[0].key][name]
         # What every run shares (the extractor, say); each run's own is in its file.
@@ -326,15 +322,7 @@ def read_features(features_dir: Path, run_keys: Sequence[str], name: str) -> lis
     """The feature set ``name`` of each run, as written by :func:`features_step`."""
     from bids_affect.features import FeatureSet
 
-    loaded = []
-    for key in run_keys:
-        with np.load(Path(features_dir) / f"{key}_{name}.npz", allow_pickle=False) as stored:
-            frequency = float(stored["sampling_frequency"]) or None
-            loaded.append(FeatureSet(name, stored["values"], stored["times"],
-                                     columns=stored["columns"].tolist(),
-                                     sampling_frequency=frequency,
-                                     provenance=json.loads(str(stored["provenance"]))))
-    return loaded
+    return [FeatureSet.load(Path(features_dir) / f"{key}_{name}.npz") for key in run_keys]
 
 
 # --------------------------------------------------------------------------- encoding

@@ -89,6 +89,46 @@ def test_movie_frames_through_a_cnn_predict_the_planted_voxels(planted):
     assert len(list((planted / "work" / "feature_cache").glob("alexnetconv1_*.npz"))) == 3
 
 
+def test_cached_movie_features_keep_columns_and_name_the_run_that_reads_them(planted,
+                                                                           tmp_path):
+    """A second subject who saw the same movie reads the first one's features from the
+    cache: the same values, columns and extractor, with its own events file."""
+    import shutil
+    from types import SimpleNamespace
+
+    from bids_affect.steps.encoding import _extractor, run_features
+
+    bids = planted / "bids"
+    events = bids / "sub-01/func/sub-01_task-movie_run-1_events.tsv"
+    other = tmp_path / "sub-02_task-movie_run-1_events.tsv"
+    shutil.copy(events, other)
+    settings = {"feature_network": "alexnet", "feature_layer": "conv1",
+                "feature_weights": "random", "frame_step": 5, "stimulus_features": {},
+                "feature_sets": ["alexnetconv1"]}
+    computed = []
+
+    def factory():
+        computed.append(True)
+        return _extractor(settings, 1, "cpu", 1)
+
+    found = []
+    for path in (events, other):
+        run = SimpleNamespace(events=path, tr=2.0, n_volumes=60, start_time=0.0,
+                              stim_recordings={}, subject="01", key="run-1")
+        found.append(run_features(run, settings, bids / "stimuli", factory,
+                                  tmp_path / "cache")["alexnetconv1"])
+    first, second = found
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    np.testing.assert_array_equal(second.values, first.values)
+    assert second.columns == first.columns and first.columns[0] == "conv1_00"
+    assert second.end_time == first.end_time
+    assert second.provenance["source"] == first.provenance["source"]
+    assert second.provenance["source"].endswith("movie_run-1.mp4")
+    assert second.provenance["extractor"] == first.provenance["extractor"]
+    assert (first.provenance["events"], second.provenance["events"]) == (str(events),
+                                                                         str(other))
+
+
 def test_native_space_has_no_atlas_rois(tmp_path):
     make_synthetic_dataset(tmp_path / "bids", n_subjects=1, n_runs=2, n_volumes=40,
                            shape=(8, 9, 8), stimulus="recording", encoding_signal=1.0,
