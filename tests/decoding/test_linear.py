@@ -187,6 +187,69 @@ def test_batched_fits_equal_scikit_learn_refits(rng, loss, n_features, n_classes
 
 
 @pytest.mark.parametrize("loss", list(ESTIMATORS))
+def test_split_newton_steps_reach_the_exact_newton_answer(rng, loss, monkeypatch):
+    """The split only makes steps cheaper: every split gives the same optimum.
+
+    More voxels than samples and C = 1 / voxels, as the decoders; 20 strong
+    directions and weak noise: the weak directions add little curvature, so the
+    default split solves them by their diagonal step. Threshold 0 solves every
+    coordinate by conjugate gradients; a huge one leaves only the last column to
+    them.
+    """
+    import bids_affect.decoding.linear as linear
+
+    X = rng.normal(size=(110, 20)) @ rng.normal(size=(20, 400))
+    X += 0.1 * rng.normal(size=X.shape)
+    y = np.repeat(np.arange(4), [20, 30, 15, 15])
+    X[:80] += 0.3 * rng.normal(size=(4, 400))[y]
+    Y = np.stack([np.roll(y, shift) for shift in (0, 7, 33)])
+    C = 1.0 / X.shape[1]
+    objective_columns = []
+    original = linear._Objective.first_exact_column
+
+    def record(self, threshold):
+        objective_columns.append((original(self, threshold), self.Z.shape[1]))
+        return objective_columns[-1][0]
+
+    monkeypatch.setattr(linear._Objective, "first_exact_column", record)
+    answers = {}
+    for threshold in (0.0, linear._EXACT_CURVATURE, 1e12):
+        monkeypatch.setattr(linear, "_EXACT_CURVATURE", threshold)
+        objective_columns.clear()
+        # Slower steps with the extreme split (more of them), the same optimum.
+        answers[threshold] = fit_permutations(X[:80], Y, X[80:], loss=loss, C=C,
+                                              dtype="float64", tol=1e-10, max_iter=1000)
+        first, width = objective_columns[0]
+        if threshold == 0.0:
+            assert first == 0
+        elif threshold == 1e12:
+            assert first == width - 1
+        else:
+            assert 0 < first < width - 1             # a true split by default
+    reference = answers[0.0]
+    for answer in answers.values():
+        np.testing.assert_allclose(answer, reference, rtol=1e-7, atol=1e-9)
+    for row, labels in enumerate(Y[:, :80]):
+        clf = ESTIMATORS[loss](C=C, **TIGHT).fit(X[:80], labels)
+        assert np.array_equal(clf.predict(X[80:]), reference[row].argmax(1))
+
+
+@pytest.mark.parametrize("loss", list(ESTIMATORS))
+def test_default_tolerance_predicts_as_the_exact_optimum(rng, loss):
+    """float32 at the default tolerance: >= 99% of test predictions of the exact fit."""
+    labels, runs = movie_labels(3, 60, 5, rng)
+    X = StandardScaler().fit_transform(run_noise(runs, 500, rng))
+    train, test = runs != 0, runs == 0
+    Y = circular_shifts(labels, runs, 40, random_state=2)[:, train]
+    C = 1.0 / X.shape[1]
+    exact = fit_permutations(X[train], Y, X[test], loss=loss, C=C, dtype="float64",
+                             tol=1e-10).argmax(2)
+    default = fit_permutations(X[train], Y, X[test], loss=loss, C=C).argmax(2)
+    assert np.mean(default == exact) >= 0.99
+    assert np.mean(default == exact, axis=1).min() >= 0.95        # 3 of 60 test volumes
+
+
+@pytest.mark.parametrize("loss", list(ESTIMATORS))
 def test_classes_missing_from_a_permutations_training_labels(rng, loss):
     X = rng.normal(size=(70, 30))
     y = rng.integers(0, 4, size=70)
