@@ -22,7 +22,10 @@ For each data set and decoder (``logreg``, ``svm``, with ``-pca`` and
   refit, over all test volumes (goal: >= 99%); and of each against the exact
   optimum (the batched fit in float64 to ``tol=1e-9``):
   ``prediction_agreement_exact`` (batched, float32, default tolerance) beside
-  ``refit_agreement_exact`` (scikit-learn's own); and the p-values of the observed
+  ``refit_agreement_exact`` (scikit-learn's own); on the demo's shared designs, the
+  same for all 1,000 permutations (``prediction_agreement_exact_all``), and the
+  null's time and agreement at a tenth of the default tolerance (``tighter_*``);
+  and the p-values of the observed
   balanced accuracy against the two nulls on those permutations: the same
   permutations, so the paired exceedance indicators are compared with an exact
   McNemar test (binomial on the discordant permutations; ``mcnemar_p``), and
@@ -75,6 +78,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.svm import LinearSVC  # noqa: E402
 
 from bids_affect.decoding.linear import (  # noqa: E402
+    DEFAULT_TOL,
     BalancedLinearSVC,
     BalancedLogisticRegression,
     permutation_null_predictions,
@@ -175,7 +179,33 @@ def large_subject(n_voxels: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarr
     return X, labels, runs
 
 
-def bench_model(model: str, X, labels, runs, n_refits: int, null_repeats: int = 1) -> dict:
+def tolerance_check(make, X, permuted, splits, n_classes, batched) -> dict:
+    """Every permutation against the exact optimum, at the default tolerance and at a tenth.
+
+    The exact optimum: the batched fits in float64 to ``tol=1e-9``. Shared designs
+    only (the ANOVA decoders' per-permutation designs make it slow).
+    """
+    final = make(0, len(X)).steps[-1][1]
+    default = DEFAULT_TOL["logistic" if isinstance(final, BalancedLogisticRegression)
+                          else "squared_hinge"]
+    exact = permutation_null_predictions(make, X, permuted, splits, n_classes,
+                                         dtype="float64", tol=1e-9)
+    start = time.perf_counter()
+    tighter = permutation_null_predictions(make, X, permuted, splits, n_classes,
+                                           tol=default / 10)
+    tighter_s = time.perf_counter() - start
+    tested = exact >= 0
+    return {"default_tol": default,
+            "prediction_agreement_exact_all": round(float(np.mean(batched[tested]
+                                                                  == exact[tested])), 5),
+            "tighter_tol": default / 10,
+            "tighter_null_s": round(tighter_s, 3),
+            "tighter_agreement_exact_all": round(float(np.mean(tighter[tested]
+                                                               == exact[tested])), 5)}
+
+
+def bench_model(model: str, X, labels, runs, n_refits: int, null_repeats: int = 1,
+                check_tolerance: bool = False) -> dict:
     splits = [(np.flatnonzero(runs != run), np.flatnonzero(runs == run))
               for run in np.unique(runs)]
     n_classes = int(labels.max()) + 1
@@ -223,6 +253,8 @@ def bench_model(model: str, X, labels, runs, n_refits: int, null_repeats: int = 
                   int(np.sum(~above_batched & above_refit)))
     p_refit = (1 + above_refit.sum()) / (1 + n_refits)
     p_batched_same = (1 + above_batched.sum()) / (1 + n_refits)
+    check = ({} if not check_tolerance or model.endswith("anova")
+             else tolerance_check(make, X, permuted, splits, n_classes, batched))
     return {
         "model": model,
         "n_samples": int(len(labels)), "n_features": int(X.shape[1]), "n_folds": len(splits),
@@ -254,6 +286,7 @@ def bench_model(model: str, X, labels, runs, n_refits: int, null_repeats: int = 
                                round(float(np.percentile(null, 97.5)), 4)],
         "chance_previous_decoder_refits": round(float(previous_null.mean()), 4),
         "one_over_k": round(1 / n_classes, 4),
+        **check,
     }
 
 
@@ -290,7 +323,7 @@ def main() -> None:
         results["demo"] = []
         for model in args.models.split(","):
             results["demo"].append(bench_model(model, X, labels, runs, args.n_refits,
-                                               args.null_repeats))
+                                               args.null_repeats, check_tolerance=True))
             print(results["demo"][-1], flush=True)
         if not args.skip_large:
             X, labels, runs = large_subject(args.large_voxels)

@@ -90,12 +90,12 @@ __all__ = [
 #: Losses of :func:`fit_permutations`, by the estimator that minimises the same objective.
 LOSSES = {"logistic": "BalancedLogisticRegression", "squared_hinge": "BalancedLinearSVC"}
 
-#: Default ``tol`` of :func:`fit_permutations`, by loss (measured on the demo's sub-02,
-#: 1,000 circular shifts, float32, against the exact optimum: float64, tol 1e-9).
-#: Logistic: 99.96% of test predictions equal at 1e-3, 99.98% at 1e-4, which costs 1.3
-#: times as long; scikit-learn's own refits, 99.99% (20 shifts,
-#: ``benchmarks/bench_linear_null.py``). Squared hinge: 99.88% at 1e-3, 99.94% at 1e-4,
-#: liblinear 100%: it keeps 1e-4.
+#: Default ``tol`` of :func:`fit_permutations`, by loss. Measured on the demo's sub-02
+#: (``benchmarks/bench_linear_null.py``: 1,000 circular shifts, float32, against the exact
+#: optimum, float64 to tol 1e-9). Logistic: 99.96% of test predictions equal at 1e-3,
+#: 99.98% at 1e-4, which takes 1.3 times as long; scikit-learn's own refits: 99.99% (20
+#: shifts). Squared hinge: 99.94% at 1e-4; at 1e-3 (one run, not in the benchmark)
+#: 99.88%, against liblinear's 100%, so it keeps 1e-4.
 DEFAULT_TOL = {"logistic": 1e-3, "squared_hinge": 1e-4}
 
 #: Steps of a pipeline that ignore the labels: fitted once per fold, shared by permutations.
