@@ -925,9 +925,10 @@ def fit_permutations(X_train: np.ndarray, Y_permuted: np.ndarray, X_test: np.nda
     intercept_scaling : float
         :class:`BalancedLinearSVC`'s ``intercept_scaling`` (squared hinge only).
     batch_size : int, optional
-        Permutations solved together. Default: about 8 million numbers per
-        array (``n_train * n_classes * batch_size``; some 15 such arrays are
-        alive at once), and with ``feature_masks`` also
+        Permutations solved together. Default: with a shared design, about
+        300,000 numbers per array (``n_train * n_classes * batch_size``; a few
+        such arrays then stay in a core's cache); with ``feature_masks``, about
+        8 million (some 15 such arrays are alive at once) and
         ``(n_train + n_test) * n_kept * batch_size`` <= 32 million.
 
     Returns
