@@ -396,18 +396,18 @@ class _Objective:
     The batch (permutations) is the last, contiguous axis, so that a shared
     design ``Z`` ``(n, r)`` multiplies every permutation in one matrix product
     and reductions over samples or classes run along whole rows: parameters
-    ``B`` are ``(r, k, b)``; ``onehot`` ``(n, k, b)``; ``codes`` and ``weights``
-    ``(n, 1, b)``; ``lam`` (the L2 penalty ``1 / C`` of each coefficient row:
-    0 for an unpenalised intercept) ``(r, 1, b)``; ``absent``
-    ``(1, k, b)`` marks the classes missing from a permutation's training labels.
+    ``B`` are ``(r, k, b)``; ``onehot`` ``(n, k, b)``; ``weights`` ``(n, 1, b)``;
+    ``lam`` (the L2 penalty ``1 / C`` of each coefficient row: 0 for an
+    unpenalised intercept) ``(r, 1, b)``; ``absent`` ``(1, k, b)`` marks the
+    classes missing from a permutation's training labels.
     A per-permutation design is ``(b, n, r)``.
     """
 
     #: Axes a group's inner products sum over (a group: one independent problem).
     group_dims: tuple[int, ...] = (0,)
 
-    def __init__(self, Z, onehot, codes, weights, lam, absent, factor=None):
-        self.Z, self.onehot, self.codes = Z, onehot, codes
+    def __init__(self, Z, onehot, weights, lam, absent, factor=None):
+        self.Z, self.onehot = Z, onehot
         self.weights, self.lam, self.absent = weights, lam, absent
         self.Z2 = None if Z.dim() == 3 else Z * Z
         # bmm copies non-contiguous operands matrix by matrix: keep Z' contiguous too.
@@ -450,13 +450,12 @@ class _Objective:
         """The objective of the permutations ``index`` only."""
         three_d = self.Z.dim() == 3
         return type(self)(self.Z[index] if three_d else self.Z, self.onehot[..., index],
-                          self.codes[..., index], self.weights[..., index],
-                          self.lam[..., index], self.absent[..., index],
-                          self.factor[index] if three_d else None)
+                          self.weights[..., index], self.lam[..., index],
+                          self.absent[..., index], self.factor[index] if three_d else None)
 
     def columns(self, rows: slice) -> _Objective:
         """The same problems on the columns ``rows`` of a shared design only."""
-        return type(self)(self.Z[:, rows].contiguous(), self.onehot, self.codes, self.weights,
+        return type(self)(self.Z[:, rows].contiguous(), self.onehot, self.weights,
                           self.lam[rows], self.absent)
 
     def first_exact_column(self, threshold: float) -> int:
@@ -556,9 +555,10 @@ class _Multinomial(_Objective):
         and ``lam`` on the sum over classes (0 for the intercept, whose gradient
         sums to 0 over classes). This is the Hessian at zero, but for the
         correlation between the weights and the design (it keeps the off-diagonal
-        terms of ``Z' W Z`` out). The plain diagonal instead takes ``(1 - 1 / m)``
-        times that curvature for each class alone, a step too long on class
-        differences: conjugate gradients needed one more iteration per step.
+        terms of ``Z' W Z`` out). The coordinates that :func:`_newton` leaves out
+        of conjugate gradients take their step under it, so it must be right on
+        class differences, where the plain diagonal takes ``(1 - 1 / m)`` times
+        that curvature for each class alone.
         """
         if self.factor is not None:
             return super().preconditioner(state)
@@ -791,9 +791,9 @@ def _solve_batch(z_train, z_test, codes, n_classes, loss, C, tol, max_iter,
     lam = lam.expand(z_train.shape[-1], 1, -1).clone()
     if loss == "logistic":
         lam[-1] = 0.0                   # scikit-learn's lbfgs leaves the intercept free
-        objective = _Multinomial(z_train, onehot, codes_t, weights, lam, absent)
+        objective = _Multinomial(z_train, onehot, weights, lam, absent)
     else:
-        objective = _SquaredHinge(z_train, onehot, codes_t, weights, lam, absent)
+        objective = _SquaredHinge(z_train, onehot, weights, lam, absent)
     B = _newton(objective, None, None, tol, max_iter)
     if z_test.dim() == 2:
         decision = (z_test @ B.reshape(B.shape[0], -1)).view(len(z_test), *B.shape[1:])
