@@ -34,6 +34,11 @@ For each data set and decoder (``logreg``, ``svm``, with ``-pca`` and
   the previous decoder (scikit-learn with ``class_weight="balanced"`` and an
   intercept, on the refitted permutations): the anti-learning of issue 16.
 
+- ``kernels_compile_s`` and ``kernels_cached_load_s``: a tiny float32 fit in a new
+  process with an empty numba cache (numba's import and the compilation of
+  :mod:`bids_affect.decoding.kernels`), then again with that cache filled: the
+  once-per-machine and the per-process cost that the timings above leave out.
+
 Data sets: ``demo`` is sub-02 of the bundled demo (built with the CLI, cleaned
 samples of the 5 StudyForrest classes; 376 volumes, 1,812 voxels, 3 runs);
 ``large`` is a StudyForrest-sized synthetic subject (8 runs of 123 labelled
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -199,6 +205,29 @@ def tolerance_check(model, make, X, permuted, splits, n_classes, batched, exact)
                                                                == exact[tested])), 5)}
 
 
+_FIRST_CALL = """
+import time
+import numpy as np
+from bids_affect.decoding.linear import fit_permutations
+rng = np.random.default_rng(0)
+X = rng.normal(size=(30, 8))
+start = time.perf_counter()
+fit_permutations(X[:20], rng.integers(0, 3, size=(2, 20)), X[20:])
+print(time.perf_counter() - start)
+"""
+
+
+def kernel_first_calls() -> dict:
+    """Seconds of a first float32 fit in a new process: empty numba cache, then filled."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        compile_s, load_s = (float(subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env,
+                                                  check=True, capture_output=True,
+                                                  text=True).stdout)
+                             for _ in range(2))
+    return {"kernels_compile_s": round(compile_s, 2), "kernels_cached_load_s": round(load_s, 2)}
+
+
 def bench_model(model: str, X, labels, runs, n_refits: int, null_repeats: int = 1,
                 check_tolerance: bool = False) -> dict:
     splits = [(np.flatnonzero(runs != run), np.flatnonzero(runs == run))
@@ -316,6 +345,7 @@ def main() -> None:
         "exceedance (null >= observed) differs; p_difference against the Monte Carlo "
         "standard error sqrt(p (1 - p) / n) of the refit p")
     torch.set_num_threads(args.threads)
+    results.update(kernel_first_calls())
     with threadpoolctl.threadpool_limits(args.threads):
         args.work_dir.mkdir(parents=True, exist_ok=True)
         X, labels, runs = demo_subject(args.work_dir)

@@ -30,7 +30,10 @@ constant column is orthogonal to them, the data being centred), and a truncated
 Newton method (Armijo line search) runs on all permutations at once. Its steps
 solve the leading coordinates, where the data add curvature, by preconditioned
 conjugate gradients, and give each of the others its own diagonal Newton step;
-the gradient is exact, so the optimum is (see :func:`_newton`). The objective
+the gradient is exact, so the optimum is (see :func:`_newton`). The multinomial
+weights live in the ``k - 1`` class contrasts (:func:`contrast_basis`), where the
+optimum lies, and on CPU in float32 its element-wise passes (softmax, Hessian
+blocks) run as compiled kernels (:mod:`bids_affect.decoding.kernels`). The objective
 is scikit-learn's own (multinomial logistic loss or one-vs-rest squared hinge,
 ``C`` times the class-weighted sum of losses plus half the squared norm of the
 weights), so the fits are those scikit-learn would return, to solver tolerance.
@@ -59,6 +62,8 @@ True
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -83,6 +88,7 @@ __all__ = [
     "BalancedLogisticRegression",
     "anova_masks",
     "class_balance_weights",
+    "contrast_basis",
     "fit_permutations",
     "permutation_null_predictions",
 ]
@@ -405,9 +411,17 @@ class _Objective:
 
     #: Axes a group's inner products sum over (a group: one independent problem).
     group_dims: tuple[int, ...] = (0,)
+    #: Split Newton steps (:func:`_newton`): the relative residual to which conjugate
+    #: gradients solve the exact block, and whether its right-hand side first takes
+    #: out the other coordinates' step (a Gauss-Seidel sweep). Measured on the demo
+    #: (``benchmarks/bench_linear_null.py``): the multinomial then converges in 3
+    #: steps instead of 4; the squared hinge got slower with both.
+    split_forcing: float = 0.1
+    gauss_seidel: bool = False
 
     def __init__(self, Z, onehot, weights, lam, absent, factor=None):
         self.Z, self.onehot = Z, onehot
+        self.width = onehot.shape[1]        # parameters per coefficient row
         self.weights, self.lam, self.absent = weights, lam, absent
         self.Z2 = None if Z.dim() == 3 else Z * Z
         # bmm copies non-contiguous operands matrix by matrix: keep Z' contiguous too.
@@ -454,9 +468,12 @@ class _Objective:
                           self.absent[..., index], self.factor[index] if three_d else None)
 
     def columns(self, rows: slice) -> _Objective:
-        """The same problems on the columns ``rows`` of a shared design only."""
-        return type(self)(self.Z[:, rows].contiguous(), self.onehot, self.weights,
-                          self.lam[rows], self.absent)
+        """The same problems on the columns ``rows`` of a shared design only (what
+        derives from the labels is shared, not recomputed)."""
+        part = copy.copy(self)
+        part.Z = self.Z[:, rows].contiguous()
+        part.Z2, part.Zt, part.lam = part.Z * part.Z, part.Z.T, self.lam[rows]
+        return part
 
     def first_exact_column(self, threshold: float) -> int:
         """Columns before this one add less than ``threshold`` times the penalty to the
@@ -491,90 +508,177 @@ class _Objective:
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (a * b).sum(dim=self.group_dims, keepdim=True)
 
+    def mixed(self, state, product: torch.Tensor) -> torch.Tensor:
+        """The loss's Hessian in scores applied to ``product`` (``Z D``): the Hessian
+        is ``Z' mixed(state, Z .) + lam``."""
+        raise NotImplementedError
+
+    def hessian_product(self, state, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H D``, and ``Z D``."""
+        product = self.scores(D)
+        return self.back(self.mixed(state, product)).addcmul_(self.lam, D), product
+
     def penalty(self, B: torch.Tensor) -> torch.Tensor:
         squares = (B * B).sum(dim=1, keepdim=True) if 1 in self.group_dims else B * B
         return 0.5 * (self.lam * squares).sum(dim=self.group_dims, keepdim=True,
                                               dtype=torch.float64)
 
 
+@functools.cache
+def _compiled_kernels():
+    """:mod:`bids_affect.decoding.kernels`, or None where numba does not import (the
+    torch code then runs)."""
+    try:
+        from bids_affect.decoding import kernels
+    except ImportError:
+        return None
+    return kernels
+
+
+def _codes(onehot: torch.Tensor) -> np.ndarray:
+    """Each sample's class ``(n, b)`` int32 from ``onehot`` ``(n, k, b)`` (a weighted sum:
+    ``argmax`` over a middle axis is 70 times slower)."""
+    classes = torch.arange(onehot.shape[1], dtype=onehot.dtype).view(1, -1, 1)
+    return (onehot * classes).sum(dim=1).to(torch.int32).numpy()
+
+
+def contrast_basis(n_classes: int, dtype: torch.dtype = torch.float64,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """Helmert's orthonormal basis of the class contrasts: ``(n_classes - 1, n_classes)``.
+
+    Row ``h`` contrasts class ``h + 1`` with the classes before it (``h + 1``
+    entries ``1 / sqrt((h + 1)(h + 2))``, then ``-(h + 1) / sqrt((h + 1)(h + 2))``):
+    the rows span the vectors that sum to 0.
+
+    Examples
+    --------
+    >>> basis = contrast_basis(3)
+    >>> bool(torch.allclose(basis @ basis.T, torch.eye(2, dtype=basis.dtype)))
+    True
+    >>> basis.sum(dim=1).abs().max().item() < 1e-15
+    True
+    """
+    h = torch.arange(n_classes - 1, dtype=torch.float64).view(-1, 1)
+    c = torch.arange(n_classes, dtype=torch.float64).view(1, -1)
+    basis = ((c <= h).double() - (c == h + 1).double() * (h + 1)) / torch.sqrt((h + 1) * (h + 2))
+    return basis.to(dtype=dtype, device=device)
+
+
 class _Multinomial(_Objective):
-    """``sum_i w_i * cross-entropy_i + lam / 2 * ||B||^2``, one group per permutation."""
+    """``sum_i w_i * cross-entropy_i + lam / 2 * ||B||^2``, one group per permutation.
+
+    The weights of the ``k`` classes live in the ``k - 1`` coordinates of
+    :func:`contrast_basis` (``B = A basis``; parameters, scores and gradients are
+    ``(., k - 1, b)``). The optimum loses nothing there: the softmax ignores a
+    shift common to all classes, and the gradient of a penalised weight sums to 0
+    over the classes (it vanishes on a class absent from the training labels,
+    whose logit is ``-inf``), so the optimal ``B`` lies in that span; and the
+    basis is orthonormal, so ``||B|| = ||A||``. With 5 classes, a fifth fewer
+    numbers to multiply and pass over than in ``k`` coordinates; and the class
+    sum, where the unpenalised intercept has no curvature, is gone (but for a
+    permutation with a class absent: there the intercept of the absent class
+    against the others is flat, its gradient is 0, and the decisions ignore it).
+    """
 
     group_dims = (0, 1)
-
-    def _curvature_at_zero(self) -> torch.Tensor:
-        # p (1 - p) at p = 1 / n_present classes.
-        n_present = (~self.absent).sum(dim=1).reshape(-1).to(self.Z.dtype)
-        return (n_present - 1) / n_present ** 2
+    split_forcing = 0.03
+    gauss_seidel = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.target = self.weights * self.onehot            # w_i at each sample's class
-        self.any_absent = bool(self.absent.any())
+        present = ~self.absent[0]                                       # (k, b)
+        self.basis = contrast_basis(self.onehot.shape[1], self.Z.dtype, self.Z.device)
+        self.width = self.basis.shape[0]
+        self.kernels = (_compiled_kernels() if self.Z.device.type == "cpu"
+                        and self.Z.dtype == torch.float32 else None)
+        if self.kernels is not None:
+            self.arrays = {"basis": self.basis.numpy(),
+                           "weights": self.weights[:, 0].contiguous().numpy(),  # (n, b)
+                           "codes": _codes(self.onehot),
+                           "present": present.to(self.Z.dtype).contiguous().numpy()}
+        else:
+            self.target = self.weights * self.onehot        # w_i at each sample's class
+
+    def _curvature_at_zero(self) -> torch.Tensor:
+        # On class contrasts at p = 1 / m: w (I - 1 1' / m) / m acts as w / m.
+        return 1.0 / (~self.absent).sum(dim=1).reshape(-1).to(self.Z.dtype)
+
+    def _expand(self, coords: torch.Tensor) -> torch.Tensor:
+        """``(., k - 1, b)`` contrast coordinates to ``(., k, b)`` class values."""
+        return torch.einsum("nhb,hc->ncb", coords, self.basis)
+
+    def _project(self, values: torch.Tensor) -> torch.Tensor:
+        """``(., k, b)`` class values to ``(., k - 1, b)`` contrast coordinates."""
+        return torch.einsum("ncb,hc->nhb", values, self.basis)
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.kernels is None:
+            return super().dot(a, b)
+        out = np.empty(a.shape[-1])
+        self.kernels.group_dot(a.numpy(), b.numpy(), out)
+        return torch.from_numpy(out).to(a.dtype).view(1, 1, -1)
 
     def value(self, B, scores):
-        """Objective and state ``(p, w p)``: class probabilities, and times the weights."""
-        logits = scores.masked_fill(self.absent, -math.inf) if self.any_absent else scores
+        """Objective and state ``(p, basis (w p - w onehot))``: class probabilities, and
+        the residuals whose product with ``Z'`` is the gradient's data term."""
+        if self.kernels is not None:
+            proba = scores.new_empty(len(scores), *self.onehot.shape[1:])
+            residual = torch.empty_like(scores)
+            value = np.empty(scores.shape[-1])
+            arrays = self.arrays
+            self.kernels.softmax(scores.numpy(), arrays["basis"], arrays["weights"],
+                                 arrays["codes"], arrays["present"], proba.numpy(),
+                                 residual.numpy(), value)
+            return torch.from_numpy(value).view(1, 1, -1) + self.penalty(B), (proba, residual)
+        logits = self._expand(scores).masked_fill_(self.absent, -math.inf)
         top = logits.amax(dim=1, keepdim=True)
         proba = (logits - top).exp_()
         total = proba.sum(dim=1, keepdim=True)
         proba /= total
-        # sum_i w_i (log-sum-exp_i - score of i's class)
-        # Per sample in float32 (a few classes), over samples in float64.
+        # sum_i w_i (log-sum-exp_i - logit of i's class); absent classes have no target.
         per_sample = (total.log_() + top).mul_(self.weights).sub_(
-            (self.target * scores).sum(dim=1, keepdim=True))
+            (self.target * logits.masked_fill_(self.absent, 0.0)).sum(dim=1, keepdim=True))
         value = per_sample.sum(dim=(0, 1), keepdim=True, dtype=torch.float64)
-        return value + self.penalty(B), (proba, self.weights * proba)
-
-    def at_zero(self):
-        """:meth:`value` at ``B = 0``, without computing scores: ``p = 1 / m``."""
-        present = (~self.absent).to(self.Z.dtype)
-        n_present = present.sum(dim=1, keepdim=True)
-        proba = present / n_present                                      # (1, k, b)
-        value = (self.weights.sum(dim=(0, 1), keepdim=True, dtype=torch.float64)
-                 * n_present.log().double())
-        return value, (proba, self.weights * proba)
+        residual = self._project((self.weights * proba).sub_(self.target))
+        return value + self.penalty(B), (proba, residual)
 
     def gradient(self, B, state):
-        return self.back(state[1] - self.target).addcmul_(self.lam, B)
+        return self.back(state[1]).addcmul_(self.lam, B)
 
-    def hessian_product(self, state, D):
-        proba, weighted = state
-        product = self.scores(D)
-        mixed = (product - (proba * product).sum(dim=1, keepdim=True)).mul_(weighted)
-        return self.back(mixed).addcmul_(self.lam, D), product
+    def mixed(self, state, product):
+        proba = state[0]
+        if self.kernels is not None:
+            mixed = torch.empty_like(product)
+            self.kernels.mix(product.numpy(), self.arrays["basis"], proba.numpy(),
+                             self.arrays["weights"], mixed.numpy())
+            return mixed
+        full = self._expand(product)
+        mixed = (full - (proba * full).sum(dim=1, keepdim=True)).mul_(proba)
+        return self._project(mixed.mul_(self.weights))
 
     def preconditioner(self, state) -> Callable[[torch.Tensor], torch.Tensor]:
         """The Hessian at uniform class probabilities, inverted exactly per coordinate.
 
         With ``m`` classes present, each sample's block of the multinomial Hessian at
-        ``p = 1 / m`` is ``w (I - 1 1' / m) / m``: curvature ``w / m`` on the
-        differences between classes, none on their sum. With a shared design in
-        the rotated basis (its Gram matrix diagonal), coordinate ``j`` then has
-        curvature ``a_j / m + lam`` on class differences, ``a_j = sum_i w_i z_ij^2``,
-        and ``lam`` on the sum over classes (0 for the intercept, whose gradient
-        sums to 0 over classes). This is the Hessian at zero, but for the
-        correlation between the weights and the design (it keeps the off-diagonal
-        terms of ``Z' W Z`` out). The coordinates that :func:`_newton` leaves out
-        of conjugate gradients take their step under it, so it must be right on
-        class differences, where the plain diagonal takes ``(1 - 1 / m)`` times
-        that curvature for each class alone.
+        ``p = 1 / m`` is ``w (I - 1 1' / m) / m``, which is ``w / m`` times the
+        identity on the class contrasts (all of them when every class is present;
+        a permutation with a class absent gets this as an approximation). With a
+        shared design in the rotated basis
+        (its Gram matrix diagonal), coordinate ``j`` then has curvature
+        ``a_j / m + lam``, ``a_j = sum_i w_i z_ij^2``. This is the Hessian at zero,
+        but for the correlation between the weights and the design (it keeps the
+        off-diagonal terms of ``Z' W Z`` out). The coordinates that :func:`_newton`
+        leaves out of conjugate gradients take their step under it.
         """
         if self.factor is not None:
             return super().preconditioner(state)
-        present = (~self.absent).to(self.Z.dtype)                       # (1, k, b)
-        n_present = present.sum(dim=1, keepdim=True)
-        curvature = self.back(self.weights, squared=True) / n_present    # (r, 1, b)
-        differences = 1.0 / (curvature + self.lam)
-        total = torch.where(self.lam > 0, 1.0 / self.lam, 0.0)
-        # residual * differences, plus (total - differences) times the class mean.
-        correction = (total - differences) / n_present * present         # (r, k, b)
+        n_present = (~self.absent).sum(dim=1, keepdim=True).to(self.Z.dtype)
+        inverse = 1.0 / (self.back(self.weights, squared=True) / n_present + self.lam)
+        return lambda residual: residual * inverse
 
-        def precondition(residual):
-            return torch.addcmul(residual * differences, residual.sum(dim=1, keepdim=True),
-                                 correction)
-
-        return precondition
+    def decision(self, scores: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(., k, b)`` from contrast scores (absent classes: ``-inf``)."""
+        return self._expand(scores).masked_fill_(self.absent, -math.inf)
 
 
 class _SquaredHinge(_Objective):
@@ -594,28 +698,23 @@ class _SquaredHinge(_Objective):
                                                           dtype=torch.float64)
         return value + self.penalty(B), violation
 
-    def at_zero(self):
-        """:meth:`value` at ``B = 0``: every margin violated by 1."""
-        violation = torch.ones_like(self.onehot)
-        return self.weights.sum(dim=0, keepdim=True, dtype=torch.float64), violation
-
     def gradient(self, B, violation):
         return self.back(-2 * self.weights * self.signs * violation).addcmul_(self.lam, B)
 
-    def hessian_product(self, violation, D):
-        active = 2 * self.weights * (violation > 0)
-        product = self.scores(D)
-        return self.back(active * product).addcmul_(self.lam, D), product
+    def mixed(self, violation, product):
+        return (2 * self.weights * (violation > 0)).mul_(product)
 
     def diagonal(self, violation):
         return self.back(2 * self.weights * (violation > 0), squared=True).add_(self.lam)
 
+    def decision(self, scores: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(., k, b)`` (absent classes: ``-inf``)."""
+        return scores.masked_fill(self.absent, -math.inf)
+
 
 #: Coordinates whose data curvature at zero is at least this fraction of their penalty
 #: are solved by conjugate gradients; the others take their diagonal Newton step.
-_EXACT_CURVATURE = 0.2
-#: Relative residual to which conjugate gradients solve the exact block (split steps).
-_SPLIT_FORCING = 0.1
+_EXACT_CURVATURE = 0.25
 
 
 def _conjugate_gradients(objective, state, precondition, residual, search, forcing, active,
@@ -631,8 +730,9 @@ def _conjugate_gradients(objective, state, precondition, residual, search, forci
     for _ in range(max_cg):
         curvature, product = objective.hessian_product(state, search)
         along = objective.dot(search, curvature)
-        # Rounding can leave no curvature along a flat direction (the sum of the
-        # unpenalised multinomial intercepts): stop that group's iterations there.
+        # Rounding can leave no curvature along a flat direction (an unpenalised
+        # multinomial intercept of a class absent from the permutation's training
+        # labels, against the others): stop that group's iterations there.
         active &= along > 0
         alpha = (rz / along.clamp(min=1e-30)).masked_fill_(~active, 0.0)
         direction.addcmul_(alpha, search)
@@ -672,11 +772,16 @@ def _newton(objective: _Objective, B: torch.Tensor | None, scores: torch.Tensor 
     shared, rotated design (diagonal Gram matrix), the coordinates split in two:
     those where the data add at least ``_EXACT_CURVATURE`` times the penalty to the
     curvature at zero (the leading singular vectors, and the intercept) are solved
-    by conjugate gradients to a relative residual of ``_SPLIT_FORCING``, on their
-    own columns of the design; each of the others takes its Newton step under the
-    curvature at zero (the preconditioner, exact there but for the weights'
-    correlation with the design and the change of the probabilities), the cross
-    terms being left out. The gradient is always exact, so the answer is that of an
+    by conjugate gradients to a relative residual of the objective's
+    ``split_forcing``, on their own columns of the design; each of the others takes
+    its Newton step under the curvature at zero (the preconditioner, exact there
+    but for the weights' correlation with the design and the change of the
+    probabilities), the cross terms being left out. With ``gauss_seidel`` (the
+    multinomial), the exact block then solves for what the others' step leaves
+    of its gradient (its right-hand side less the cross terms times that step:
+    one sweep of block Gauss-Seidel); with a forcing of 0.03, the steps after the
+    first then shrink the decrement about 16-fold instead of 8-fold (demo). The
+    gradient is always exact, so the answer is that of an
     exact Newton method; the split only makes the steps cheaper: most Hessian
     products then touch a few columns. The scores are carried along: ``Z d`` is the
     sum of products that conjugate gradients form anyway (and, for the other
@@ -684,11 +789,10 @@ def _newton(objective: _Objective, B: torch.Tensor | None, scores: torch.Tensor 
     search multiplies by the design.
     """
     if B is None:
-        B = objective.onehot.new_zeros(objective.Z.shape[-1], *objective.onehot.shape[1:])
-        scores = torch.zeros_like(objective.onehot)
-        value, state = objective.at_zero()
-    else:
-        value, state = objective.value(B, scores)
+        n, _, b = objective.onehot.shape
+        B = objective.onehot.new_zeros(objective.Z.shape[-1], objective.width, b)
+        scores = objective.onehot.new_zeros(n, objective.width, b)
+    value, state = objective.value(B, scores)
     grad = objective.gradient(B, state)
     rounding = 64 * torch.finfo(B.dtype).eps
     # The preconditioners of the first step serve them all: the objectives are close
@@ -721,11 +825,16 @@ def _newton(objective: _Objective, B: torch.Tensor | None, scores: torch.Tensor 
         # The direction, and Z times it (``moved``: the line search's scores).
         if first:
             residual = -grad[first:]
-            forcing = _SPLIT_FORCING * exact.dot(residual, residual).sqrt()
+            forcing = objective.split_forcing * exact.dot(residual, residual).sqrt()
             moved = others.scores(descent[:first])
+            search = descent[first:]
+            if objective.gauss_seidel:
+                # The Hessian's cross terms times the others' step: Z_e' mixed(Z_o d_o).
+                residual -= exact.back(exact.mixed(state, moved))
+                search = precondition(residual)
             descent[first:] = _conjugate_gradients(exact, state, precondition, residual,
-                                                   descent[first:], forcing, todo.clone(),
-                                                   max_cg, moved)
+                                                   search, forcing, todo.clone(), max_cg,
+                                                   moved)
             direction = descent
         else:
             norm = objective.dot(grad, grad).sqrt()
@@ -795,13 +904,8 @@ def _solve_batch(z_train, z_test, codes, n_classes, loss, C, tol, max_iter,
     else:
         objective = _SquaredHinge(z_train, onehot, weights, lam, absent)
     B = _newton(objective, None, None, tol, max_iter)
-    if z_test.dim() == 2:
-        decision = (z_test @ B.reshape(B.shape[0], -1)).view(len(z_test), *B.shape[1:])
-        decision = decision.permute(2, 0, 1)
-    else:
-        decision = torch.bmm(z_test, B.permute(2, 0, 1))
-    decision = decision.masked_fill(absent.permute(2, 0, 1), -math.inf)
-    return decision.double().cpu().numpy()
+    decision = objective.decision(objective._product(z_test, B))
+    return decision.permute(2, 0, 1).double().cpu().numpy()
 
 
 def anova_masks(X_train: np.ndarray, Y_permuted: np.ndarray, percentile: float = 10.0,
@@ -987,6 +1091,9 @@ def fit_permutations(X_train: np.ndarray, Y_permuted: np.ndarray, X_test: np.nda
         z_train, z_test = _rotate(train, test)
         if batch_size is None:
             batch_size = max(1, _CACHE_NUMBERS // (z_train.shape[0] * n_classes))
+            # As many batches, of equal sizes: no small last batch paying a whole
+            # batch's fixed costs.
+            batch_size = -(-len(Y_unique) // -(-len(Y_unique) // batch_size))
         for start in range(0, len(Y_unique), batch_size):
             rows = slice(start, start + batch_size)
             out[rows] = _solve_batch(z_train, z_test, Y_unique[rows], n_classes, loss, C, tol,
