@@ -20,8 +20,8 @@ import math
 import numba
 import numpy as np
 
-# Contracted and reassociated sums vectorise; no "nnan"/"ninf": the kernels meet
-# -inf (absent classes), and must not assume it away.
+# Contracted and reassociated sums vectorise; NaN and infinity keep their meaning
+# (no "nnan"/"ninf"), so that a diverging fit shows as such.
 _OPTIONS = {"nogil": True, "boundscheck": False,
             "fastmath": {"contract", "reassoc", "nsz", "arcp"}}
 
@@ -34,6 +34,7 @@ def _jit(function):
         return numba.njit(cache=True, **_OPTIONS)(function)
     except RuntimeError:          # "cannot cache function ...: no locator available"
         return numba.njit(**_OPTIONS)(function)
+
 
 #: float32 ``exp`` on ``[-87, 0]``: Cody-Waite reduction by ``ln 2`` and Cephes's
 #: ``expf`` polynomial (relative error about 1e-7), scaled by ``2^m`` written into
@@ -65,25 +66,15 @@ def _exp_below_top(scores, top, present, out, bits, scale):  # pragma: no cover 
 
 
 @_jit
-def _expand(coords, basis, out):  # pragma: no cover - compiled
-    """``out[c] = sum_h coords[h] basis[h, c]``: ``(k - 1, b)`` to ``(k, b)``."""
-    for c in range(out.shape[0]):
-        out[c] = 0.0
-        for h in range(coords.shape[0]):
-            weight = basis[h, c]
+def _combine(rows, matrix, out):  # pragma: no cover - compiled
+    """``out[a] = sum_i rows[i] matrix[i, a]``: rows of length ``b`` mixed by a small
+    matrix (contrast coordinates to classes with the basis, back with its transpose)."""
+    for a in range(out.shape[0]):
+        out[a] = 0.0
+        for i in range(rows.shape[0]):
+            weight = matrix[i, a]
             for j in range(out.shape[1]):
-                out[c, j] += coords[h, j] * weight
-
-
-@_jit
-def _project(values, basis, out):  # pragma: no cover - compiled
-    """``out[h] = sum_c values[c] basis[h, c]``: ``(k, b)`` to ``(k - 1, b)``."""
-    for h in range(out.shape[0]):
-        out[h] = 0.0
-        for c in range(values.shape[0]):
-            weight = basis[h, c]
-            for j in range(out.shape[1]):
-                out[h, j] += values[c, j] * weight
+                out[a, j] += rows[i, j] * weight
 
 
 @_jit
@@ -110,7 +101,7 @@ def softmax(scores, basis, weights, codes, present, proba, residual, value):  # 
     value[:] = 0.0
     for i in range(n):
         p, w, code = proba[i], weights[i], codes[i]
-        _expand(scores[i], basis, logits)
+        _combine(scores[i], basis, logits)
         top[:] = lowest
         for c in range(k):
             for j in range(b):
@@ -132,7 +123,7 @@ def softmax(scores, basis, weights, codes, present, proba, residual, value):  # 
                 differences[c, j] = w[j] * (q - _ONE) if own else w[j] * q
                 if own:
                     value[j] -= w[j] * logits[c, j]
-        _project(differences, basis, residual[i])
+        _combine(differences, basis.T, residual[i])
 
 
 @_jit
@@ -147,7 +138,7 @@ def mix(product, basis, proba, weights, out):  # pragma: no cover - compiled
     mean = np.empty(b, proba.dtype)
     for i in range(n):
         p, w = proba[i], weights[i]
-        _expand(product[i], basis, full)
+        _combine(product[i], basis, full)
         mean[:] = 0.0
         for c in range(k):
             for j in range(b):
@@ -155,7 +146,7 @@ def mix(product, basis, proba, weights, out):  # pragma: no cover - compiled
         for c in range(k):
             for j in range(b):
                 full[c, j] = (full[c, j] - mean[j]) * w[j] * p[c, j]
-        _project(full, basis, out[i])
+        _combine(full, basis.T, out[i])
 
 
 @_jit
