@@ -36,7 +36,7 @@ For each data set and decoder (``logreg``, ``svm``, with ``-pca`` and
 
 - ``kernels_compile_s`` and ``kernels_cached_load_s``: a tiny float32 fit in a new
   process with an empty numba cache (numba's import and the compilation of
-  :mod:`bids_affect.decoding.kernels`), then again with that cache filled: the
+  :mod:`bids_affect.decoding._kernels`), then again with that cache filled: the
   once-per-machine and the per-process cost that the timings above leave out.
 
 Data sets: ``demo`` is sub-02 of the bundled demo (built with the CLI, cleaned

@@ -33,7 +33,7 @@ conjugate gradients, and give each of the others its own diagonal Newton step;
 the gradient is exact, so the optimum is (see :func:`_newton`). The multinomial
 weights live in the ``k - 1`` class contrasts (:func:`contrast_basis`), where the
 optimum lies, and on CPU in float32 its element-wise passes (softmax, Hessian
-blocks) run as compiled kernels (:mod:`bids_affect.decoding.kernels`). The objective
+blocks) run as compiled kernels (:mod:`bids_affect.decoding._kernels`). The objective
 is scikit-learn's own (multinomial logistic loss or one-vs-rest squared hinge,
 ``C`` times the class-weighted sum of losses plus half the squared norm of the
 weights), so the fits are those scikit-learn would return, to solver tolerance.
@@ -402,7 +402,10 @@ class _Objective:
     The batch (permutations) is the last, contiguous axis, so that a shared
     design ``Z`` ``(n, r)`` multiplies every permutation in one matrix product
     and reductions over samples or classes run along whole rows: parameters
-    ``B`` are ``(r, k, b)``; ``onehot`` ``(n, k, b)``; ``weights`` ``(n, 1, b)``;
+    ``B`` are ``(r, width, b)`` (``width``: ``k`` for the squared hinge's
+    one-vs-rest classes, ``k - 1`` for the multinomial's class contrasts), and so
+    are gradients; scores ``(n, width, b)``; ``onehot`` ``(n, k, b)``;
+    ``weights`` ``(n, 1, b)``;
     ``lam`` (the L2 penalty ``1 / C`` of each coefficient row: 0 for an
     unpenalised intercept) ``(r, 1, b)``; ``absent`` ``(1, k, b)`` marks the
     classes missing from a permutation's training labels.
@@ -411,24 +414,32 @@ class _Objective:
 
     #: Axes a group's inner products sum over (a group: one independent problem).
     group_dims: tuple[int, ...] = (0,)
-    #: Split Newton steps (:func:`_newton`): the relative residual to which conjugate
-    #: gradients solve the exact block, and whether its right-hand side first takes
-    #: out the other coordinates' step (a Gauss-Seidel sweep). Measured on the demo
-    #: (``benchmarks/bench_linear_null.py``): the multinomial then converges in 3
-    #: steps instead of 4; the squared hinge got slower with both.
+    #: Split Newton steps (:func:`_newton`), tuned on the demo
+    #: (``benchmarks/bench_linear_null.py``): coordinates whose data curvature at
+    #: zero is at least ``exact_curvature`` times their penalty are solved by
+    #: conjugate gradients, to a relative residual of ``split_forcing``; the others
+    #: take their diagonal Newton step. With ``gauss_seidel``, the block's
+    #: right-hand side first takes out the others' step (the multinomial then
+    #: converges in 3 steps instead of 4; the squared hinge got slower with it).
+    exact_curvature: float = 0.2
     split_forcing: float = 0.1
     gauss_seidel: bool = False
 
     def __init__(self, Z, onehot, weights, lam, absent, factor=None):
-        self.Z, self.onehot = Z, onehot
+        self.onehot = onehot
         self.width = onehot.shape[1]        # parameters per coefficient row
-        self.weights, self.lam, self.absent = weights, lam, absent
-        self.Z2 = None if Z.dim() == 3 else Z * Z
-        # bmm copies non-contiguous operands matrix by matrix: keep Z' contiguous too.
-        self.Zt = Z.T if Z.dim() == 2 else Z.transpose(1, 2).contiguous()
+        self.weights, self.absent = weights, absent
+        self._set_design(Z, lam)
         if Z.dim() == 3 and factor is None:
             factor = self._factor()
         self.factor = factor
+
+    def _set_design(self, Z: torch.Tensor, lam: torch.Tensor) -> None:
+        """The design, what derives from it, and its columns' penalties."""
+        self.Z, self.lam = Z, lam
+        self.Z2 = None if Z.dim() == 3 else Z * Z
+        # bmm copies non-contiguous operands matrix by matrix: keep Z' contiguous too.
+        self.Zt = Z.T if Z.dim() == 2 else Z.transpose(1, 2).contiguous()
 
     def _factor(self) -> torch.Tensor:
         """Cholesky factors ``(b, r, r)`` of ``c Z' W Z + lam I``, the Hessian at zero.
@@ -471,14 +482,13 @@ class _Objective:
         """The same problems on the columns ``rows`` of a shared design only (what
         derives from the labels is shared, not recomputed)."""
         part = copy.copy(self)
-        part.Z = self.Z[:, rows].contiguous()
-        part.Z2, part.Zt, part.lam = part.Z * part.Z, part.Z.T, self.lam[rows]
+        part._set_design(self.Z[:, rows].contiguous(), self.lam[rows])
         return part
 
-    def first_exact_column(self, threshold: float) -> int:
-        """Columns before this one add less than ``threshold`` times the penalty to the
-        curvature at zero (0: none, or a design per permutation; the last column is
-        never before it).
+    def first_exact_column(self) -> int:
+        """Columns before this one add less than ``exact_curvature`` times the penalty
+        to the curvature at zero (0: none, or a design per permutation; the last column
+        is never before it).
 
         Columns are taken in order: in the rotated basis their norms ascend, and the
         intercept (unpenalised) comes last.
@@ -487,22 +497,22 @@ class _Objective:
             return 0
         ratio = (self.Z2.sum(dim=0) * self._curvature_at_zero().max()
                  / self.lam.amin(dim=(1, 2)))
-        below = (ratio < threshold).int()
+        below = (ratio < self.exact_curvature).int()
         return min(int(below.cumprod(dim=0).sum()), len(ratio) - 1)
 
     @staticmethod
     def _product(Z, B):
-        """``Z B`` for ``B`` ``(r, k, b)``: ``(n, k, b)``."""
+        """``Z B`` for ``B`` ``(r, width, b)``: ``(n, width, b)``."""
         if Z.dim() == 2:
             return (Z @ B.reshape(B.shape[0], -1)).view(Z.shape[0], *B.shape[1:])
         return torch.bmm(Z, B.permute(2, 0, 1).contiguous()).permute(1, 2, 0).contiguous()
 
     def scores(self, B):
-        """``Z B``: ``(n, k, b)``."""
+        """``Z B``: ``(n, width, b)``."""
         return self._product(self.Z, B)
 
     def back(self, G, squared=False):
-        """``Z' G`` (or ``(Z * Z)' G``, shared designs only): ``(r, k, b)``."""
+        """``Z' G`` (or ``(Z * Z)' G``, shared designs only): ``(r, width, b)``."""
         return self._product(self.Z2.T if squared else self.Zt, G)
 
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -518,6 +528,14 @@ class _Objective:
         product = self.scores(D)
         return self.back(self.mixed(state, product)).addcmul_(self.lam, D), product
 
+    def class_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores ``(., width, b)`` as scores of the ``k`` classes ``(., k, b)``."""
+        return scores
+
+    def decision(self, scores: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(., k, b)`` (absent classes: ``-inf``)."""
+        return self.class_scores(scores).masked_fill(self.absent, -math.inf)
+
     def penalty(self, B: torch.Tensor) -> torch.Tensor:
         squares = (B * B).sum(dim=1, keepdim=True) if 1 in self.group_dims else B * B
         return 0.5 * (self.lam * squares).sum(dim=self.group_dims, keepdim=True,
@@ -526,13 +544,14 @@ class _Objective:
 
 @functools.cache
 def _compiled_kernels():
-    """:mod:`bids_affect.decoding.kernels`, or None where numba does not import (the
-    torch code then runs)."""
+    """:mod:`bids_affect.decoding._kernels`, or None where numba is not installed (the
+    torch code then runs; any other failure to build the kernels is raised)."""
     try:
-        from bids_affect.decoding import kernels
+        import numba  # noqa: F401
     except ImportError:
         return None
-    return kernels
+    from bids_affect.decoding import _kernels
+    return _kernels
 
 
 def _codes(onehot: torch.Tensor) -> np.ndarray:
@@ -570,9 +589,10 @@ class _Multinomial(_Objective):
     The weights of the ``k`` classes live in the ``k - 1`` coordinates of
     :func:`contrast_basis` (``B = A basis``; parameters, scores and gradients are
     ``(., k - 1, b)``). The optimum loses nothing there: the softmax ignores a
-    shift common to all classes, and the gradient of a penalised weight sums to 0
+    shift common to all classes, and the data term of the gradient sums to 0
     over the classes (it vanishes on a class absent from the training labels,
-    whose logit is ``-inf``), so the optimal ``B`` lies in that span; and the
+    whose logit is ``-inf``), so that the penalised optimal ``B`` lies in that
+    span; and the
     basis is orthonormal, so ``||B|| = ||A||``. With 5 classes, a fifth fewer
     numbers to multiply and pass over than in ``k`` coordinates; and the class
     sum, where the unpenalised intercept has no curvature, is gone (but for a
@@ -581,6 +601,9 @@ class _Multinomial(_Objective):
     """
 
     group_dims = (0, 1)
+    # The curvature at zero on the contrasts is 1 / m (it was the plain diagonal's
+    # (m - 1) / m^2 before the contrasts): with 5 classes, 0.25 splits as 0.2 did.
+    exact_curvature = 0.25
     split_forcing = 0.03
     gauss_seidel = True
 
@@ -603,7 +626,7 @@ class _Multinomial(_Objective):
         # On class contrasts at p = 1 / m: w (I - 1 1' / m) / m acts as w / m.
         return 1.0 / (~self.absent).sum(dim=1).reshape(-1).to(self.Z.dtype)
 
-    def _expand(self, coords: torch.Tensor) -> torch.Tensor:
+    def class_scores(self, coords: torch.Tensor) -> torch.Tensor:
         """``(., k - 1, b)`` contrast coordinates to ``(., k, b)`` class values."""
         return torch.einsum("nhb,hc->ncb", coords, self.basis)
 
@@ -614,6 +637,8 @@ class _Multinomial(_Objective):
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.kernels is None:
             return super().dot(a, b)
+        if a.shape != b.shape:           # the kernel does not broadcast (nor check bounds)
+            raise ValueError(f"dot of shapes {tuple(a.shape)} and {tuple(b.shape)}")
         out = np.empty(a.shape[-1])
         self.kernels.group_dot(a.numpy(), b.numpy(), out)
         return torch.from_numpy(out).to(a.dtype).view(1, 1, -1)
@@ -626,11 +651,11 @@ class _Multinomial(_Objective):
             residual = torch.empty_like(scores)
             value = np.empty(scores.shape[-1])
             arrays = self.arrays
-            self.kernels.softmax(scores.numpy(), arrays["basis"], arrays["weights"],
+            self.kernels.multinomial_state(scores.numpy(), arrays["basis"], arrays["weights"],
                                  arrays["codes"], arrays["present"], proba.numpy(),
                                  residual.numpy(), value)
             return torch.from_numpy(value).view(1, 1, -1) + self.penalty(B), (proba, residual)
-        logits = self._expand(scores).masked_fill_(self.absent, -math.inf)
+        logits = self.class_scores(scores).masked_fill_(self.absent, -math.inf)
         top = logits.amax(dim=1, keepdim=True)
         proba = (logits - top).exp_()
         total = proba.sum(dim=1, keepdim=True)
@@ -649,10 +674,10 @@ class _Multinomial(_Objective):
         proba = state[0]
         if self.kernels is not None:
             mixed = torch.empty_like(product)
-            self.kernels.mix(product.numpy(), self.arrays["basis"], proba.numpy(),
+            self.kernels.hessian_blocks(product.numpy(), self.arrays["basis"], proba.numpy(),
                              self.arrays["weights"], mixed.numpy())
             return mixed
-        full = self._expand(product)
+        full = self.class_scores(product)
         mixed = (full - (proba * full).sum(dim=1, keepdim=True)).mul_(proba)
         return self._project(mixed.mul_(self.weights))
 
@@ -675,10 +700,6 @@ class _Multinomial(_Objective):
         n_present = (~self.absent).sum(dim=1, keepdim=True).to(self.Z.dtype)
         inverse = 1.0 / (self.back(self.weights, squared=True) / n_present + self.lam)
         return lambda residual: residual * inverse
-
-    def decision(self, scores: torch.Tensor) -> torch.Tensor:
-        """Class scores ``(., k, b)`` from contrast scores (absent classes: ``-inf``)."""
-        return self._expand(scores).masked_fill_(self.absent, -math.inf)
 
 
 class _SquaredHinge(_Objective):
@@ -707,14 +728,6 @@ class _SquaredHinge(_Objective):
     def diagonal(self, violation):
         return self.back(2 * self.weights * (violation > 0), squared=True).add_(self.lam)
 
-    def decision(self, scores: torch.Tensor) -> torch.Tensor:
-        """Class scores ``(., k, b)`` (absent classes: ``-inf``)."""
-        return scores.masked_fill(self.absent, -math.inf)
-
-
-#: Coordinates whose data curvature at zero is at least this fraction of their penalty
-#: are solved by conjugate gradients; the others take their diagonal Newton step.
-_EXACT_CURVATURE = 0.25
 
 
 def _conjugate_gradients(objective, state, precondition, residual, search, forcing, active,
@@ -770,19 +783,19 @@ def _newton(objective: _Objective, B: torch.Tensor | None, scores: torch.Tensor 
     gradients preconditioned by the Hessian at zero, to a relative residual of
     ``min(0.5, sqrt(decrement / decrement0))`` (superlinear convergence). With a
     shared, rotated design (diagonal Gram matrix), the coordinates split in two:
-    those where the data add at least ``_EXACT_CURVATURE`` times the penalty to the
-    curvature at zero (the leading singular vectors, and the intercept) are solved
-    by conjugate gradients to a relative residual of the objective's
-    ``split_forcing``, on their own columns of the design; each of the others takes
-    its Newton step under the curvature at zero (the preconditioner, exact there
-    but for the weights' correlation with the design and the change of the
-    probabilities), the cross terms being left out. With ``gauss_seidel`` (the
-    multinomial), the exact block then solves for what the others' step leaves
-    of its gradient (its right-hand side less the cross terms times that step:
-    one sweep of block Gauss-Seidel); with a forcing of 0.03, the steps after the
-    first then shrink the decrement about 16-fold instead of 8-fold (demo). The
-    gradient is always exact, so the answer is that of an
-    exact Newton method; the split only makes the steps cheaper: most Hessian
+    those where the data add at least the objective's ``exact_curvature`` times the
+    penalty to the curvature at zero (the leading singular vectors, and the
+    intercept) are solved by conjugate gradients to a relative residual of the
+    objective's ``split_forcing``, on their own columns of the design; each of the
+    others takes its Newton step under the curvature at zero (the preconditioner,
+    exact there but for the weights' correlation with the design and the change of
+    the probabilities), the cross terms being left out. With ``gauss_seidel`` (the
+    multinomial), the exact block then solves for what the others' step leaves of
+    its gradient (its right-hand side less the cross terms times that step: one
+    sweep of block Gauss-Seidel); with a forcing of 0.03, the steps after the first
+    then shrink the decrement about 16-fold instead of 8-fold (demo). The gradient
+    is always exact, so the answer is that of an exact Newton method; the split
+    only makes the steps cheaper: most Hessian
     products then touch a few columns. The scores are carried along: ``Z d`` is the
     sum of products that conjugate gradients form anyway (and, for the other
     coordinates, one product with their columns), so no trial step of the line
@@ -797,7 +810,7 @@ def _newton(objective: _Objective, B: torch.Tensor | None, scores: torch.Tensor 
     rounding = 64 * torch.finfo(B.dtype).eps
     # The preconditioners of the first step serve them all: the objectives are close
     # to quadratic (strong penalty), and recomputing them costs a product per step.
-    first = objective.first_exact_column(_EXACT_CURVATURE)
+    first = objective.first_exact_column()
     exact = objective.columns(slice(first, None)) if first else objective
     precondition = exact.preconditioner(state)
     if first:
@@ -1029,7 +1042,8 @@ def fit_permutations(X_train: np.ndarray, Y_permuted: np.ndarray, X_test: np.nda
     intercept_scaling : float
         :class:`BalancedLinearSVC`'s ``intercept_scaling`` (squared hinge only).
     batch_size : int, optional
-        Permutations solved together. Default: with a shared design, about
+        Most permutations solved together (with a shared design, the batches then
+        take equal shares, within 1). Default: with a shared design, about
         300,000 numbers per array (``n_train * n_classes * batch_size``; a few
         such arrays then stay in a core's cache); with ``feature_masks``, about
         8 million (some 15 such arrays are alive at once) and
@@ -1091,13 +1105,13 @@ def fit_permutations(X_train: np.ndarray, Y_permuted: np.ndarray, X_test: np.nda
         z_train, z_test = _rotate(train, test)
         if batch_size is None:
             batch_size = max(1, _CACHE_NUMBERS // (z_train.shape[0] * n_classes))
-            # As many batches, of equal sizes: no small last batch paying a whole
-            # batch's fixed costs.
-            batch_size = -(-len(Y_unique) // -(-len(Y_unique) // batch_size))
-        for start in range(0, len(Y_unique), batch_size):
-            rows = slice(start, start + batch_size)
-            out[rows] = _solve_batch(z_train, z_test, Y_unique[rows], n_classes, loss, C, tol,
-                                     max_iter, intercept_scaling)
+        # As many batches as that size needs, of sizes within 1 of each other: no small
+        # last batch paying a whole batch's fixed costs.
+        n_batches = -(-len(Y_unique) // batch_size)
+        bounds = [len(Y_unique) * batch // n_batches for batch in range(n_batches + 1)]
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            out[start:stop] = _solve_batch(z_train, z_test, Y_unique[start:stop], n_classes,
+                                           loss, C, tol, max_iter, intercept_scaling)
         return out[inverse.reshape(-1)]
     # Rows keeping fewer features are padded with a zero column: it adds nothing to the
     # scores and its weight stays 0, so every permutation's fit is unchanged.

@@ -1,8 +1,8 @@
-"""Compiled kernels of the batched multinomial solver.
+"""Compiled kernels of the batched multinomial solver (``decoding/_kernels.py``).
 
 What is proved here:
 - on CPU in float32, :func:`~bids_affect.decoding.linear.fit_permutations` runs the
-  numba kernels (a failed import would fall back silently to the slower torch code);
+  numba kernels (where numba is missing it runs the slower torch code);
 - each kernel computes what the torch code computes (objective, probabilities,
   residuals, Hessian products, dot products), with classes missing from some
   permutations and with logits far apart (the kernels' own ``exp``);
@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import bids_affect.decoding.linear as linear
-from bids_affect.decoding.linear import contrast_basis, fit_permutations
+from bids_affect.decoding.linear import fit_permutations
 
 
-def _objectives(rng, scale: float):
+def _objectives(rng, scale: float, monkeypatch):
     """The same float32 multinomial problems with and without the kernels."""
     n, k, b, r = 37, 4, 9, 11
     Z = torch.as_tensor(rng.normal(size=(n, r)), dtype=torch.float32)
@@ -33,9 +33,10 @@ def _objectives(rng, scale: float):
     absent = ~onehot.bool().any(dim=0, keepdim=True)
     lam = torch.full((r, 1, b), 0.7)
     compiled = linear._Multinomial(Z, onehot, weights, lam, absent)
-    plain = linear._Multinomial(Z, onehot, weights, lam, absent)
-    plain.kernels = None
-    plain.target = weights * onehot
+    with monkeypatch.context() as patch:            # as where numba is not installed
+        patch.setattr(linear, "_compiled_kernels", lambda: None)
+        plain = linear._Multinomial(Z, onehot, weights, lam, absent)
+    assert compiled.kernels is not None and plain.kernels is None
     B = torch.as_tensor(scale * rng.normal(size=(r, k - 1, b)), dtype=torch.float32)
     return compiled, plain, B
 
@@ -53,15 +54,15 @@ def test_cpu_float32_fits_run_the_kernels(rng, monkeypatch):
     monkeypatch.setattr(linear, "_compiled_kernels", lambda: Counting())
     X = rng.normal(size=(30, 8))
     fit_permutations(X[:20], rng.integers(0, 3, size=(2, 20)), X[20:])
-    assert {"softmax", "mix", "group_dot"} <= set(calls)
+    assert {"multinomial_state", "hessian_blocks", "group_dot"} <= set(calls)
     calls.clear()
     fit_permutations(X[:20], rng.integers(0, 3, size=(2, 20)), X[20:], dtype="float64")
     assert calls == []                              # float64 runs the torch code
 
 
 @pytest.mark.parametrize("scale", [0.1, 30.0])
-def test_kernels_compute_what_the_torch_code_computes(rng, scale):
-    compiled, plain, B = _objectives(rng, scale)
+def test_kernels_compute_what_the_torch_code_computes(rng, scale, monkeypatch):
+    compiled, plain, B = _objectives(rng, scale, monkeypatch)
     scores = compiled.scores(B)
     value, (proba, residual) = compiled.value(B, scores)
     expected_value, (expected_proba, expected_residual) = plain.value(B, scores)
@@ -74,13 +75,6 @@ def test_kernels_compute_what_the_torch_code_computes(rng, scale):
     expected_product, _ = plain.hessian_product((expected_proba, expected_residual), D)
     np.testing.assert_allclose(product, expected_product, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(compiled.dot(D, B), plain.dot(D, B), rtol=1e-5, atol=1e-5)
-
-
-def test_contrast_basis_is_orthonormal_and_sums_to_zero():
-    for k in (2, 3, 5, 9):
-        basis = contrast_basis(k)
-        np.testing.assert_allclose(basis @ basis.T, np.eye(k - 1), atol=1e-12)
-        np.testing.assert_allclose(basis.sum(dim=1), np.zeros(k - 1), atol=1e-12)
 
 
 @pytest.mark.parametrize("missing", [False, True])
@@ -106,7 +100,7 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch):
     package and HOME, no NUMBA_CACHE_DIR): the kernels are then compiled per process."""
     import numba
 
-    from bids_affect.decoding import kernels
+    from bids_affect.decoding import _kernels
 
     njit = numba.njit
 
@@ -120,4 +114,4 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch):
     def twice(x):
         return 2 * x
 
-    assert kernels._jit(twice)(21) == 42
+    assert _kernels._jit(twice)(21) == 42
