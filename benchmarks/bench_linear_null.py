@@ -49,7 +49,7 @@ planted signal so that p is informative); the ANOVA decoders are left out of
 Usage::
 
     python benchmarks/bench_linear_null.py [--n-refits 20] [--skip-large]
-        [--large-voxels 48208] [--null-repeats 3] [--work-dir DIR] [--output FILE]
+        [--large-voxels 48208] [--null-repeats 5] [--work-dir DIR] [--output FILE]
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def main() -> None:
     parser.add_argument("--n-refits-large", type=int, default=3)
     parser.add_argument("--large-voxels", type=int, default=48_208)
     parser.add_argument("--skip-large", action="store_true")
-    parser.add_argument("--null-repeats", type=int, default=3,
+    parser.add_argument("--null-repeats", type=int, default=5,
                         help="runs of the batched null per demo decoder (the least counts)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--work-dir", type=Path,
