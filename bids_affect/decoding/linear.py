@@ -592,10 +592,9 @@ class _Multinomial(_Objective):
     shift common to all classes, and the data term of the gradient sums to 0
     over the classes (it vanishes on a class absent from the training labels,
     whose logit is ``-inf``), so that the penalised optimal ``B`` lies in that
-    span; and the
-    basis is orthonormal, so ``||B|| = ||A||``. With 5 classes, a fifth fewer
-    numbers to multiply and pass over than in ``k`` coordinates; and the class
-    sum, where the unpenalised intercept has no curvature, is gone (but for a
+    span; and the basis is orthonormal, so ``||B|| = ||A||``. With 5 classes, a
+    fifth fewer numbers to multiply and pass over than in ``k`` coordinates; and
+    the class sum, where the unpenalised intercept has no curvature, is gone (but for a
     permutation with a class absent: there the intercept of the absent class
     against the others is flat, its gradient is 0, and the decisions ignore it).
     """
@@ -652,8 +651,8 @@ class _Multinomial(_Objective):
             value = np.empty(scores.shape[-1])
             arrays = self.arrays
             self.kernels.multinomial_state(scores.numpy(), arrays["basis"], arrays["weights"],
-                                 arrays["codes"], arrays["present"], proba.numpy(),
-                                 residual.numpy(), value)
+                                           arrays["codes"], arrays["present"], proba.numpy(),
+                                           residual.numpy(), value)
             return torch.from_numpy(value).view(1, 1, -1) + self.penalty(B), (proba, residual)
         logits = self.class_scores(scores).masked_fill_(self.absent, -math.inf)
         top = logits.amax(dim=1, keepdim=True)
@@ -675,7 +674,7 @@ class _Multinomial(_Objective):
         if self.kernels is not None:
             mixed = torch.empty_like(product)
             self.kernels.hessian_blocks(product.numpy(), self.arrays["basis"], proba.numpy(),
-                             self.arrays["weights"], mixed.numpy())
+                                        self.arrays["weights"], mixed.numpy())
             return mixed
         full = self.class_scores(product)
         mixed = (full - (proba * full).sum(dim=1, keepdim=True)).mul_(proba)
@@ -688,8 +687,7 @@ class _Multinomial(_Objective):
         ``p = 1 / m`` is ``w (I - 1 1' / m) / m``, which is ``w / m`` times the
         identity on the class contrasts (all of them when every class is present;
         a permutation with a class absent gets this as an approximation). With a
-        shared design in the rotated basis
-        (its Gram matrix diagonal), coordinate ``j`` then has curvature
+        shared design in the rotated basis (its Gram matrix diagonal), coordinate ``j`` then has curvature
         ``a_j / m + lam``, ``a_j = sum_i w_i z_ij^2``. This is the Hessian at zero,
         but for the correlation between the weights and the design (it keeps the
         off-diagonal terms of ``Z' W Z`` out). The coordinates that :func:`_newton`
@@ -735,7 +733,7 @@ def _conjugate_gradients(objective, state, precondition, residual, search, forci
     """Preconditioned CG on ``H d = residual`` for every active group; returns ``d``.
 
     ``search`` is the preconditioned residual. ``Z d`` is added to ``moved``
-    (``(n, k, b)``) from the products ``Z s`` that the Hessian products form
+    (``(n, width, b)``) from the products ``Z s`` that the Hessian products form
     anyway. ``residual`` is overwritten.
     """
     direction = torch.zeros_like(residual)
@@ -795,11 +793,10 @@ def _newton(objective: _Objective, B: torch.Tensor | None, scores: torch.Tensor 
     sweep of block Gauss-Seidel); with a forcing of 0.03, the steps after the first
     then shrink the decrement about 16-fold instead of 8-fold (demo). The gradient
     is always exact, so the answer is that of an exact Newton method; the split
-    only makes the steps cheaper: most Hessian
-    products then touch a few columns. The scores are carried along: ``Z d`` is the
-    sum of products that conjugate gradients form anyway (and, for the other
-    coordinates, one product with their columns), so no trial step of the line
-    search multiplies by the design.
+    only makes the steps cheaper: most Hessian products then touch a few columns.
+    The scores are carried along: ``Z d`` is the sum of products that conjugate
+    gradients form anyway (and, for the other coordinates, one product with their
+    columns), so no trial step of the line search multiplies by the design.
     """
     if B is None:
         n, _, b = objective.onehot.shape
