@@ -687,11 +687,12 @@ class _Multinomial(_Objective):
         ``p = 1 / m`` is ``w (I - 1 1' / m) / m``, which is ``w / m`` times the
         identity on the class contrasts (all of them when every class is present;
         a permutation with a class absent gets this as an approximation). With a
-        shared design in the rotated basis (its Gram matrix diagonal), coordinate ``j`` then has curvature
-        ``a_j / m + lam``, ``a_j = sum_i w_i z_ij^2``. This is the Hessian at zero,
-        but for the correlation between the weights and the design (it keeps the
-        off-diagonal terms of ``Z' W Z`` out). The coordinates that :func:`_newton`
-        leaves out of conjugate gradients take their step under it.
+        shared design in the rotated basis (its Gram matrix diagonal), coordinate
+        ``j`` then has curvature ``a_j / m + lam``, ``a_j = sum_i w_i z_ij^2``. This
+        is the Hessian at zero, but for the correlation between the weights and the
+        design (it keeps the off-diagonal terms of ``Z' W Z`` out). The coordinates
+        that :func:`_newton` leaves out of conjugate gradients take their step under
+        it.
         """
         if self.factor is not None:
             return super().preconditioner(state)
